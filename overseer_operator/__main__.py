@@ -1,0 +1,3 @@
+from overseer_operator.cli import main
+
+raise SystemExit(main())

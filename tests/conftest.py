@@ -1,0 +1,6 @@
+"""Shared pytest configuration: each fixture family lives in its own plugin module."""
+
+pytest_plugins = [
+    "tests.fixtures.testbed",
+    "tests.fixtures.manager",
+]
