@@ -1,0 +1,90 @@
+"""Prometheus metrics: one registry for the whole operator, served by ``serve_metrics``.
+
+Every metric carries the exchange as ``namespace``/``name`` of its MessagingExchange, so one
+operator watching many exchanges stays readable. Names follow the Prometheus conventions
+(``_total`` for counters, base units in the name).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_EXCHANGE = ("namespace", "name")
+
+WORKERS = Gauge(
+    "overseer_workers",
+    "Workers of an exchange by health state.",
+    [*_EXCHANGE, "state"],
+    registry=REGISTRY,
+)
+HEARTBEATS_RECEIVED = Counter(
+    "overseer_heartbeats_received_total",
+    "Status heartbeats accepted from the broker.",
+    [*_EXCHANGE, "format"],
+    registry=REGISTRY,
+)
+MESSAGES_REJECTED = Counter(
+    "overseer_messages_rejected_total",
+    "Messages rejected without requeue (undecodable or invalid), by reason.",
+    [*_EXCHANGE, "reason"],
+    registry=REGISTRY,
+)
+MESSAGES_IGNORED = Counter(
+    "overseer_messages_ignored_total",
+    "Decoded messages that are not status heartbeats (acked and ignored).",
+    [*_EXCHANGE, "event_type"],
+    registry=REGISTRY,
+)
+TRANSITIONS = Counter(
+    "overseer_worker_transitions_total",
+    "Worker health transitions, by the state entered.",
+    [*_EXCHANGE, "state"],
+    registry=REGISTRY,
+)
+MANAGER_WRITES = Counter(
+    "overseer_manager_writes_total",
+    "Writes to the OpenAperture Manager, by operation and outcome.",
+    [*_EXCHANGE, "operation", "outcome"],
+    registry=REGISTRY,
+)
+MANAGER_PENDING = Gauge(
+    "overseer_manager_pending_writes",
+    "Worker records the Manager has not yet acknowledged.",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
+KUBERNETES_WRITES = Counter(
+    "overseer_kubernetes_writes_total",
+    "Writes to the Kubernetes API (status patches, events), by kind and outcome.",
+    [*_EXCHANGE, "kind", "outcome"],
+    registry=REGISTRY,
+)
+BROKER_CONNECTED = Gauge(
+    "overseer_broker_connected",
+    "1 while the heartbeat queue is being consumed, else 0.",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
+DETECTION_LAG = Histogram(
+    "overseer_detection_lag_seconds",
+    "Delay between a health threshold passing and the sweep emitting the transition.",
+    list(_EXCHANGE),
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+    registry=REGISTRY,
+)
+
+
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod listens on all
+    """Serve ``/metrics`` for the operator's registry on ``address:port`` (a daemon thread)."""
+    start_http_server(port, addr=address, registry=REGISTRY)
+
+
+def forget_exchange(namespace: str, name: str) -> None:
+    """Drop every series of an exchange whose resource was deleted."""
+    for metric in (WORKERS, HEARTBEATS_RECEIVED, MESSAGES_REJECTED, MESSAGES_IGNORED, TRANSITIONS,
+                   MANAGER_WRITES, MANAGER_PENDING, KUBERNETES_WRITES, BROKER_CONNECTED,
+                   DETECTION_LAG):
+        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public API
+            if labels[:2] == (namespace, name):
+                metric.remove(*labels)
