@@ -1,0 +1,77 @@
+"""``overseer-operator``: run the operator, or simulate workers for a demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from overseer_operator import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overseer-operator",
+        description="Kubernetes operator that monitors OpenAperture worker heartbeats "
+        "for every MessagingExchange resource.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; globs like 'team-*' work)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default when no --namespace is given)")
+    run.add_argument("--liveness-port", type=int, default=int(os.environ.get("LIVENESS_PORT", 8080)),
+                     help="serve kopf's liveness probe on /healthz at this port (0: off)")
+    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 9090)),
+                     help="serve Prometheus metrics on /metrics at this port (0: off)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.add_argument("--debug", action="store_true", help="log everything, kopf's internals too")
+
+    commands.add_parser(
+        "simulate-workers", add_help=False,
+        help="publish heartbeats of simulated workers (see simulate-workers --help)",
+    )
+    return parser
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from overseer_operator import handlers, metrics
+
+    del handlers  # importing it registers the handlers with kopf's default registry
+
+    level = os.environ.get("LOG_LEVEL", "").upper()
+    kopf.configure(verbose=args.verbose or level == "DEBUG", debug=args.debug)
+    if level in {"WARNING", "ERROR"}:
+        logging.getLogger().setLevel(level)
+    if args.metrics_port:
+        metrics.serve_metrics(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    logging.getLogger(__name__).info(
+        "overseer-operator %s watching %s", __version__,
+        ", ".join(args.namespace) if args.namespace else "all namespaces",
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=liveness,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate-workers"]:
+        from overseer_operator.testing import simulator
+
+        return simulator.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return run_operator(args)

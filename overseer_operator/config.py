@@ -1,0 +1,235 @@
+"""Configuration: a MessagingExchange spec, then the operator's environment, then Secrets.
+
+``parse_spec`` is pure and checks what the CRD schema cannot (it also guards resources written
+before a schema change). ``OperatorEnvironment`` is the only place that reads ``os.environ``.
+Secrets are read by the caller through ``SecretReader`` so this module stays free of I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from overseer_operator.conditions import Reason
+from overseer_operator.durations import parse_duration
+from overseer_operator.fleet import Thresholds
+from overseer_operator.manager_client import ManagerSettings
+
+DEFAULT_QUEUE = "system_modules"
+DEFAULT_MODULE_TYPE = "overseer"
+DEFAULT_PREFETCH = 200
+
+
+class ConfigError(Exception):
+    """A configuration problem a human must fix; ``reason`` is the condition reason."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"Secret {self.name!r} key {self.key!r}"
+
+
+SecretReader = Callable[[SecretKeyRef], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """A validated ``MessagingExchange.spec``; unset Manager fields are None."""
+
+    exchange_id: str
+    broker_id: str
+    module_type: str = DEFAULT_MODULE_TYPE
+    queue: str = DEFAULT_QUEUE
+    prefetch: int = DEFAULT_PREFETCH
+    thresholds: Thresholds = field(default_factory=lambda: Thresholds(600.0, 1200.0))
+    refresh_interval: float = 300.0
+    manager_url: str | None = None
+    login_url: str | None = None
+    client_id: str | None = None
+    client_secret_ref: SecretKeyRef | None = None
+    manager_ca_ref: SecretKeyRef | None = None
+    amqp_url_ref: SecretKeyRef | None = None
+    amqp_ca_ref: SecretKeyRef | None = None
+
+    @property
+    def connection_fields(self) -> tuple[Any, ...]:
+        """What needs new connections when it changes (the rest is applied in place)."""
+        return (
+            self.broker_id, self.queue, self.prefetch, self.module_type, self.manager_url,
+            self.login_url, self.client_id, self.client_secret_ref, self.manager_ca_ref,
+            self.amqp_url_ref, self.amqp_ca_ref,
+        )
+
+
+def _secret_ref(value: Any, path: str) -> SecretKeyRef | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value.get("name") or not value.get("key"):
+        raise ConfigError(Reason.INVALID_SPEC, f"spec.{path} needs both name and key")
+    return SecretKeyRef(str(value["name"]), str(value["key"]))
+
+
+def _duration(section: Mapping[str, Any], key: str, default: str, path: str) -> float:
+    text = section.get(key) or default
+    try:
+        return parse_duration(str(text))
+    except ValueError as error:
+        raise ConfigError(Reason.INVALID_SPEC, f"spec.{path}.{key}: {error}") from None
+
+
+def _section(spec: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = spec.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(Reason.INVALID_SPEC, f"spec.{key} must be an object")
+    return value
+
+
+def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
+    exchange_id = str(spec.get("exchangeId") or "").strip()
+    broker_id = str(spec.get("brokerId") or "").strip()
+    if not exchange_id or not broker_id:
+        raise ConfigError(Reason.INVALID_SPEC, "spec.exchangeId and spec.brokerId are required")
+
+    thresholds_spec = _section(spec, "thresholds")
+    inactive_after = _duration(thresholds_spec, "inactiveAfter", "10m", "thresholds")
+    offline_after = _duration(thresholds_spec, "offlineAfter", "20m", "thresholds")
+    forget_after = _duration(thresholds_spec, "forgetAfter", "1h", "thresholds")
+    if inactive_after < 1:
+        raise ConfigError(Reason.INVALID_SPEC, "spec.thresholds.inactiveAfter must be at least 1s")
+    if offline_after <= inactive_after:
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            "spec.thresholds.offlineAfter must be longer than spec.thresholds.inactiveAfter",
+        )
+
+    manager = _section(spec, "manager")
+    oauth = manager.get("oauth") or {}
+    amqp = _section(spec, "amqp")
+    queues = _section(spec, "queues")
+    return ExchangeSpec(
+        exchange_id=exchange_id,
+        broker_id=broker_id,
+        module_type=str(spec.get("moduleType") or DEFAULT_MODULE_TYPE),
+        queue=str(queues.get("systemModules") or DEFAULT_QUEUE),
+        prefetch=int(amqp.get("prefetch") or DEFAULT_PREFETCH),
+        thresholds=Thresholds(inactive_after, offline_after, forget_after),
+        refresh_interval=_duration(manager, "refreshInterval", "5m", "manager"),
+        manager_url=manager.get("url") or None,
+        login_url=oauth.get("loginUrl") or None,
+        client_id=oauth.get("clientId") or None,
+        client_secret_ref=_secret_ref(oauth.get("clientSecretRef"), "manager.oauth.clientSecretRef"),
+        manager_ca_ref=_secret_ref(manager.get("caSecretRef"), "manager.caSecretRef"),
+        amqp_url_ref=_secret_ref(amqp.get("urlSecretRef"), "amqp.urlSecretRef"),
+        amqp_ca_ref=_secret_ref(amqp.get("caSecretRef"), "amqp.caSecretRef"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEnvironment:
+    """The operator's own settings; each is the default for every MessagingExchange."""
+
+    manager_url: str | None = None
+    login_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    manager_ca_bundle: str | None = None
+    amqp_ca_bundle: str | None = None
+    identity: str = "overseer-operator"
+    namespace: str | None = None
+    legacy_exchange_id: str | None = None
+    legacy_broker_id: str | None = None
+    legacy_queue: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
+        def get(name: str) -> str | None:
+            return environ.get(name) or None
+
+        return cls(
+            manager_url=get("MANAGER_URL"),
+            login_url=get("OAUTH_LOGIN_URL"),
+            client_id=get("OAUTH_CLIENT_ID"),
+            client_secret=get("OAUTH_CLIENT_SECRET"),
+            manager_ca_bundle=get("MANAGER_CA_BUNDLE"),
+            amqp_ca_bundle=get("AMQP_CA_BUNDLE"),
+            identity=get("POD_NAME") or get("HOSTNAME") or socket.gethostname(),
+            namespace=get("POD_NAMESPACE"),
+            legacy_exchange_id=get("EXCHANGE_ID"),
+            legacy_broker_id=get("BROKER_ID"),
+            legacy_queue=get("SYSTEM_MODULES_QUEUE_NAME"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """Everything a monitor needs to talk to the Manager and the broker, secrets resolved."""
+
+    manager: ManagerSettings
+    amqp_url: str | None = field(default=None, repr=False)  # None: resolve from the Manager
+    amqp_ca_data: str | None = field(default=None, repr=False)
+
+
+def _read_file(path: str | None) -> str | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as bundle:
+        return bundle.read()
+
+
+async def resolve_connections(
+    spec: ExchangeSpec, env: OperatorEnvironment, read_secret: SecretReader
+) -> Connections:
+    """Merge spec and environment and read the Secrets; raise ``ConfigError`` on a gap."""
+    manager_url = spec.manager_url or env.manager_url
+    login_url = spec.login_url or env.login_url
+    client_id = spec.client_id or env.client_id
+    if spec.client_secret_ref is not None:
+        client_secret: str | None = (await read_secret(spec.client_secret_ref)).strip()
+    else:
+        client_secret = env.client_secret
+    missing = [
+        name
+        for name, value in (
+            ("manager.url (or MANAGER_URL)", manager_url),
+            ("manager.oauth.loginUrl (or OAUTH_LOGIN_URL)", login_url),
+            ("manager.oauth.clientId (or OAUTH_CLIENT_ID)", client_id),
+            ("manager.oauth.clientSecretRef (or OAUTH_CLIENT_SECRET)", client_secret),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(Reason.INVALID_SPEC, "missing Manager settings: " + ", ".join(missing))
+
+    manager_ca = (
+        await read_secret(spec.manager_ca_ref) if spec.manager_ca_ref else _read_file(env.manager_ca_bundle)
+    )
+    amqp_url = (await read_secret(spec.amqp_url_ref)).strip() if spec.amqp_url_ref else None
+    if amqp_url is not None and not amqp_url.startswith(("amqp://", "amqps://")):
+        raise ConfigError(
+            Reason.INVALID_BROKER_URL,
+            f"{spec.amqp_url_ref} does not hold an amqp:// or amqps:// URL",
+        )
+    amqp_ca = await read_secret(spec.amqp_ca_ref) if spec.amqp_ca_ref else _read_file(env.amqp_ca_bundle)
+    return Connections(
+        manager=ManagerSettings(
+            url=manager_url,
+            login_url=login_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            ca_bundle=manager_ca,
+        ),
+        amqp_url=amqp_url,
+        amqp_ca_data=amqp_ca,
+    )

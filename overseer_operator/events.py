@@ -1,0 +1,77 @@
+"""Kubernetes Events for worker transitions, rate-limited and posted off the hot path.
+
+A fleet-wide incident must not turn into an Event storm: at most ``capacity`` Events per minute
+per exchange; what is held back is summed up in one Event once the bucket refills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from overseer_operator import metrics
+from overseer_operator.fleet import Transition, WorkerState
+from overseer_operator.kube import KubeApi, KubeApiError
+from overseer_operator.ratelimit import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {
+    WorkerState.ACTIVE: ("Normal", "WorkerActive"),
+    WorkerState.INACTIVE: ("Warning", "WorkerInactive"),
+    WorkerState.OFFLINE: ("Warning", "WorkerOffline"),
+}
+
+
+def describe_transition(transition: Transition) -> str:
+    if transition.current is WorkerState.ACTIVE and transition.previous is None:
+        return f"worker {transition.hostname} ({transition.module_type}) is active"
+    if transition.current is WorkerState.ACTIVE:
+        return f"worker {transition.hostname} ({transition.module_type}) is active again"
+    return (
+        f"worker {transition.hostname} ({transition.module_type}) is {transition.current.value}: "
+        "no heartbeat received within the threshold"
+    )
+
+
+class EventRecorder:
+    def __init__(
+        self, kube: KubeApi, involved: Mapping[str, Any], *, capacity: int = 10, per_seconds: float = 60.0
+    ) -> None:
+        self._kube = kube
+        self._involved = dict(involved)
+        self._labels = (involved["namespace"], involved["name"], "event")
+        self._limiter = RateLimiter(capacity, per_seconds, asyncio.get_running_loop().time)
+        self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=capacity * 2)
+
+    def record(self, transition: Transition) -> None:
+        if not self._limiter.allow():
+            return
+        event_type, reason = _REASONS[transition.current]
+        self._enqueue(event_type, reason, describe_transition(transition))
+        suppressed = self._limiter.take_suppressed()
+        if suppressed:
+            self._enqueue(
+                "Warning", "TransitionsSuppressed",
+                f"{suppressed} more worker transitions were not posted as Events (rate limit); "
+                "see the resource status and the operator metrics",
+            )
+
+    def _enqueue(self, event_type: str, reason: str, message: str) -> None:
+        try:
+            self._queue.put_nowait((event_type, reason, message))
+        except asyncio.QueueFull:
+            self._limiter.suppressed += 1
+
+    async def run(self) -> None:
+        while True:
+            event_type, reason, message = await self._queue.get()
+            try:
+                await self._kube.create_event(self._involved, event_type, reason, message)
+            except KubeApiError as error:
+                metrics.KUBERNETES_WRITES.labels(*self._labels, "failure").inc()
+                logger.warning("Event %s not posted: %s", reason, error)
+            else:
+                metrics.KUBERNETES_WRITES.labels(*self._labels, "success").inc()

@@ -1,0 +1,84 @@
+"""The kopf glue: settings, one monitor daemon per MessagingExchange, the legacy seed, probes.
+
+Handlers stay thin: they build an ``ExchangeMonitor`` and hand it the daemon's ``stopped`` flag.
+State shared across resources (the environment, the Kubernetes client, the running monitors) lives
+in the operator memo that kopf copies into every resource's memo.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from overseer_operator.config import DEFAULT_QUEUE, OperatorEnvironment
+from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
+from overseer_operator.monitor import ExchangeMonitor
+
+PREFIX = "overseer.openaperture.io"
+# Daemons get this long to close their connections after being asked to stop, then are cancelled.
+CANCELLATION_TIMEOUT = 20.0
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
+                    **_: Any) -> None:
+    settings.persistence.finalizer = f"{PREFIX}/monitor"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    # kopf's own handler chatter is not worth an Event; worker transitions are posted explicitly.
+    settings.posting.level = logging.WARNING
+    memo.environment = OperatorEnvironment.from_environ()
+    memo.kube = KubeApi.from_configuration()
+    memo.monitors = {}
+    await seed_legacy_exchange(memo.kube, memo.environment, logger)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.kube.aclose()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="monitor", cancellation_timeout=CANCELLATION_TIMEOUT)
+async def monitor_exchange(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                           namespace: str, name: str, **_: Any) -> None:
+    monitor = ExchangeMonitor(body, memo.environment, memo.kube)
+    memo.monitors[namespace, name] = monitor
+    try:
+        await monitor.run(stopped)
+    finally:
+        memo.monitors.pop((namespace, name), None)
+
+
+@kopf.on.probe(id="exchanges")
+def report_exchanges(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+    monitors = memo.get("monitors") or {}
+    return {"monitored": len(monitors)}
+
+
+async def seed_legacy_exchange(kube: KubeApi, environment: OperatorEnvironment,
+                               logger: logging.Logger) -> None:
+    """A deployment configured only by the legacy EXCHANGE_ID/BROKER_ID still gets monitored."""
+    exchange_id, broker_id = environment.legacy_exchange_id, environment.legacy_broker_id
+    if not (exchange_id and broker_id):
+        return
+    namespace = environment.namespace or "default"
+    name = f"exchange-{exchange_id}".lower()
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/created-by": "overseer-operator"}},
+        "spec": {
+            "exchangeId": exchange_id,
+            "brokerId": broker_id,
+            "queues": {"systemModules": environment.legacy_queue or DEFAULT_QUEUE},
+        },
+    }
+    if await kube.create_exchange(namespace, body):
+        logger.info("EXCHANGE_ID=%s and BROKER_ID=%s are set: created MessagingExchange %s/%s",
+                    exchange_id, broker_id, namespace, name)
+    else:
+        logger.info("EXCHANGE_ID=%s is set and MessagingExchange %s/%s already exists",
+                    exchange_id, namespace, name)

@@ -1,0 +1,502 @@
+"""One MessagingExchange, monitored: the piece that wires decoding, the fleet, and the writers.
+
+``ExchangeMonitor.run`` lives as long as the kopf daemon of its resource. It re-reads the spec
+whenever ``metadata.generation`` moves (kopf daemons do not restart on a spec change): thresholds
+and the refresh interval apply in place, anything about connections replaces the ``Session``. The
+fleet and the Manager writer outlive sessions, so nothing owed to the Manager is lost to a
+reconfiguration, a broker outage or a Manager outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from overseer_operator import metrics
+from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
+from overseer_operator.conditions import (
+    CONFIGURATION_REASONS,
+    ConditionSet,
+    ConditionType,
+    Reason,
+    parse_time,
+)
+from overseer_operator.config import (
+    ConfigError,
+    Connections,
+    ExchangeSpec,
+    OperatorEnvironment,
+    SecretKeyRef,
+    parse_spec,
+    resolve_connections,
+)
+from overseer_operator.consumer import BrokerState, BrokerStatus, HeartbeatConsumer, describe_url
+from overseer_operator.events import EventRecorder
+from overseer_operator.fleet import Fleet, Thresholds, Transition, WorkerState
+from overseer_operator.heartbeat import Heartbeat, MessageRejected, decode_message
+from overseer_operator.kube import KubeApi
+from overseer_operator.manager_client import ManagerClient, ManagerError, ManagerUnauthorized
+from overseer_operator.manager_writer import ManagerWriter
+from overseer_operator.ratelimit import RateLimiter
+from overseer_operator.registration import own_heartbeat, publish_own_heartbeats
+from overseer_operator.status import MODULES_LIMIT, StatusWriter, render_status
+
+logger = logging.getLogger(__name__)
+
+STATUS_REFRESH_INTERVAL = 60.0
+CONFIG_RETRY_INTERVAL = 30.0
+SHUTDOWN_WRITE_TIMEOUT = 5.0
+
+_BROKER_REASONS = {
+    BrokerState.CONNECTING: Reason.CONNECTING,
+    BrokerState.CONSUMING: Reason.CONSUMING,
+    BrokerState.UNREACHABLE: Reason.BROKER_UNREACHABLE,
+    BrokerState.QUEUE_NOT_FOUND: Reason.QUEUE_NOT_FOUND,
+    BrokerState.INVALID_URL: Reason.INVALID_BROKER_URL,
+}
+
+
+class Stopped(Protocol):
+    """The slice of ``kopf.DaemonStopped`` the monitor uses."""
+
+    def __bool__(self) -> bool: ...
+    async def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class ExchangeMonitor:
+    def __init__(
+        self,
+        body: Any,
+        environment: OperatorEnvironment,
+        kube: KubeApi,
+    ) -> None:
+        self._body = body  # kopf's live view: spec and generation change under our feet
+        self.namespace: str = body["metadata"]["namespace"]
+        self.name: str = body["metadata"]["name"]
+        self._labels = (self.namespace, self.name)
+        self.environment = environment
+        self._kube = kube
+        self._loop = asyncio.get_running_loop()
+        self.fleet = Fleet(Thresholds(600.0, 1200.0), self._loop.time)
+        self.conditions = ConditionSet()
+        self.conditions.seed((body.get("status") or {}).get("conditions") or ())
+        self.status_writer = StatusWriter(
+            kube, self.namespace, self.name, self._render_status,
+            refresh_interval=STATUS_REFRESH_INTERVAL,
+        )
+        self.events = EventRecorder(
+            kube, {"namespace": self.namespace, "name": self.name, "uid": body["metadata"].get("uid")}
+        )
+        self.writer: ManagerWriter | None = None
+        self.spec: ExchangeSpec | None = None
+        self._observed_generation: int | None = None
+        self._config_error: ConfigError | None = None
+        self._broker: BrokerStatus | None = None
+        self._manager: tuple[bool, Reason, str] | None = None
+        self._reject_log = RateLimiter(5, 60.0, self._loop.time)
+        self._sweep_wake = asyncio.Event()
+        self.seeded_from_manager = False
+        self._refresh_conditions()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stopped: Stopped) -> None:
+        """Monitor until ``stopped``; the caller's daemon exits when this returns."""
+        self._seed_from_status((self._body.get("status") or {}))
+        background = [
+            asyncio.create_task(self.status_writer.run(), name="status-writer"),
+            asyncio.create_task(self.events.run(), name="events"),
+            asyncio.create_task(self._sweep_forever(), name="sweeper"),
+        ]
+        session: Session | None = None
+        try:
+            while not stopped:
+                generation = self._body["metadata"].get("generation")
+                spec = self._apply_spec(generation)
+                if spec is None:
+                    await self._wait_for_change(stopped, generation, timeout=None)
+                    continue
+                if session is None or session.spec.connection_fields != spec.connection_fields:
+                    if session is not None:
+                        await session.close()
+                    session = await self._open_session(spec)
+                if session is None:  # a Secret or a setting is missing: retry, it may appear
+                    await self._wait_for_change(stopped, generation, timeout=CONFIG_RETRY_INTERVAL)
+                    continue
+                session.spec = spec
+                await self._wait_for_change(stopped, generation, timeout=None)
+        finally:
+            if session is not None:
+                if _stopped_because_deleted(stopped):
+                    await session.deregister()
+                await session.close()
+            await self._shut_down(stopped, background)
+
+    async def _wait_for_change(self, stopped: Stopped, generation: Any, timeout: float | None) -> None:
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not stopped and self._body["metadata"].get("generation") == generation:
+            if deadline is not None and self._loop.time() >= deadline:
+                return
+            await stopped.wait(1.0)
+
+    def _apply_spec(self, generation: int | None) -> ExchangeSpec | None:
+        self._observed_generation = generation
+        try:
+            spec = parse_spec(self._body.get("spec") or {})
+        except ConfigError as error:
+            self._set_config_error(error)
+            return None
+        if self.spec is None or spec.thresholds != self.spec.thresholds:
+            self.fleet.set_thresholds(spec.thresholds)
+            self._sweep_wake.set()
+        if self.writer is not None:
+            self.writer.refresh_interval = spec.refresh_interval
+        self.spec = spec
+        self._set_config_error(None)
+        return spec
+
+    async def _open_session(self, spec: ExchangeSpec) -> Session | None:
+        try:
+            connections = await resolve_connections(spec, self.environment, self._read_secret)
+        except ConfigError as error:
+            self._set_config_error(error)
+            return None
+        client = ManagerClient(connections.manager)
+        await client.__aenter__()
+        if self.writer is None:
+            self.writer = ManagerWriter(
+                client, spec.exchange_id, spec.refresh_interval, self._loop.time,
+                self.set_manager_health, self._labels,
+            )
+        else:
+            self.writer.client = client
+        session = Session(self, spec, connections, client)
+        session.start()
+        return session
+
+    async def _read_secret(self, ref: SecretKeyRef) -> str:
+        return await self._kube.read_secret_value(self.namespace, ref)
+
+    async def _shut_down(self, stopped: Stopped, background: list[asyncio.Task[None]]) -> None:
+        deleted = _stopped_because_deleted(stopped)
+        if not deleted:
+            self.conditions.set(
+                ConditionType.READY, None, Reason.STOPPING, "the operator is shutting down"
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.status_writer.write_if_due(), SHUTDOWN_WRITE_TIMEOUT)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        metrics.forget_exchange(*self._labels)
+
+    # --- seeding (restart safety) ----------------------------------------------------------
+
+    def _seed_from_status(self, status: Mapping[str, Any]) -> None:
+        """Workers the previous operator reported: their heartbeat time may lag by one refresh."""
+        now = datetime.now(UTC)
+        for module in status.get("modules") or ():
+            try:
+                state = WorkerState(module.get("state"))
+            except ValueError:
+                continue
+            seen = parse_time(module.get("lastHeartbeatTime"))
+            silent_for = None if seen is None else _age(now, seen) - STATUS_REFRESH_INTERVAL
+            self._seed(module.get("hostname"), module.get("type") or "unknown", state, silent_for)
+
+    def seed_from_manager(self, modules: list[Any], spec: ExchangeSpec) -> None:
+        """Workers the Manager lists: ``updated_at`` bounds how long each has been silent.
+
+        An active row may be one refresh interval older than its last heartbeat; an inactive row
+        was written once its worker had already been silent for ``inactiveAfter``.
+        """
+        now = datetime.now(UTC)
+        for module in modules:
+            state = WorkerState.INACTIVE if module.status == "inactive" else WorkerState.ACTIVE
+            silent_for = None
+            if module.updated_at is not None:
+                age = _age(now, module.updated_at)
+                silent_for = (
+                    age + spec.thresholds.inactive_after
+                    if state is WorkerState.INACTIVE
+                    else age - spec.refresh_interval
+                )
+            self._seed(module.hostname, module.type, state, silent_for, module.workload)
+            if state is WorkerState.ACTIVE and self.writer is not None:
+                worker = self.fleet.get(module.hostname)
+                if worker is not None and worker.state is WorkerState.ACTIVE:
+                    self.writer.mark_written(module.hostname)
+        self.seeded_from_manager = True
+
+    def _seed(
+        self, hostname: Any, module_type: str, state: WorkerState, silent_for: float | None,
+        workload: list[Any] | None = None,
+    ) -> None:
+        if not isinstance(hostname, str) or not hostname:
+            return
+        transition = self.fleet.seed(
+            hostname, module_type, state, None if silent_for is None else max(0.0, silent_for),
+            workload=workload or [],
+        )
+        if transition is not None:
+            self._dispatch(transition)
+        self._sweep_wake.set()
+
+    # --- the heartbeat path ----------------------------------------------------------------
+
+    def handle_message(self, body: bytes) -> None:
+        """Called by the consumer for every delivery; raising ``MessageRejected`` rejects it."""
+        try:
+            decoded = decode_message(body)
+        except MessageRejected as error:
+            metrics.MESSAGES_REJECTED.labels(*self._labels, error.reason).inc()
+            if self._reject_log.allow():
+                logger.warning("Rejected a message on %s/%s: %s", *self._labels, error)
+            raise
+        if decoded.heartbeat is None:
+            metrics.MESSAGES_IGNORED.labels(*self._labels, decoded.event_type[:64]).inc()
+            return
+        metrics.HEARTBEATS_RECEIVED.labels(*self._labels, decoded.format).inc()
+        transition = self.fleet.observe(decoded.heartbeat)
+        if transition is not None:
+            self._dispatch(transition)
+            self._sweep_wake.set()
+        elif self.writer is not None:
+            self.writer.observe_heartbeat(decoded.heartbeat)
+
+    def handle_registration(self, heartbeat: Heartbeat) -> None:
+        """The operator registers itself: seen locally once, then through the queue like others."""
+        transition = self.fleet.observe(heartbeat)
+        if transition is not None:
+            self._dispatch(transition)
+            self._sweep_wake.set()
+
+    def _dispatch(self, transition: Transition) -> None:
+        metrics.TRANSITIONS.labels(*self._labels, transition.current.value).inc()
+        if transition.current is not WorkerState.ACTIVE:
+            metrics.DETECTION_LAG.labels(*self._labels).observe(max(0.0, transition.at - transition.due_at))
+        if transition.current is not WorkerState.ACTIVE or transition.previous is not None:
+            logger.info(
+                "%s/%s: worker %s %s -> %s", *self._labels, transition.hostname,
+                transition.previous and transition.previous.value, transition.current.value,
+            )
+        if self.writer is not None:
+            self.writer.apply(transition)
+        self.events.record(transition)
+        self._refresh_conditions()
+        self.status_writer.mark_dirty()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            deadline = self.fleet.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_wake.wait(), timeout)
+            self._sweep_wake.clear()
+            for transition in self.fleet.sweep():
+                self._dispatch(transition)
+            self._update_worker_gauges()
+
+    def _update_worker_gauges(self) -> None:
+        counts = self.fleet.counts()
+        for state in WorkerState:
+            metrics.WORKERS.labels(*self._labels, state.value).set(counts.get(state, 0))
+
+    # --- conditions --------------------------------------------------------------------------
+
+    def _set_config_error(self, error: ConfigError | None) -> None:
+        if error is not None and (self._config_error is None or error.message != self._config_error.message):
+            logger.error("%s/%s: %s", *self._labels, error.message)
+        self._config_error = error
+        self._refresh_conditions()
+
+    def set_broker_status(self, status: BrokerStatus) -> None:
+        self._broker = status
+        metrics.BROKER_CONNECTED.labels(*self._labels).set(int(status.state is BrokerState.CONSUMING))
+        # A broker outage is not a fleet outage: freeze the clock of every worker meanwhile.
+        if status.state is BrokerState.CONSUMING:
+            self.fleet.resume()
+        else:
+            self.fleet.pause()
+        self._sweep_wake.set()
+        self._refresh_conditions()
+
+    def _set_manager_health(self, ok: bool, reason: Reason, message: str) -> None:
+        self._manager = (ok, reason, message)
+        self._refresh_conditions()
+
+    def _refresh_conditions(self) -> None:
+        changed = False
+        config_error = self._config_error
+        broker, manager = self._broker, self._manager
+
+        if broker is None:
+            changed |= self.conditions.set(
+                ConditionType.BROKER_CONNECTED, None, Reason.STARTING, "not connected yet"
+            )
+        else:
+            changed |= self.conditions.set(
+                ConditionType.BROKER_CONNECTED,
+                broker.state is BrokerState.CONSUMING,
+                _BROKER_REASONS[broker.state],
+                broker.message,
+            )
+        if manager is None:
+            changed |= self.conditions.set(
+                ConditionType.MANAGER_SYNCED, None, Reason.STARTING, "no Manager call made yet"
+            )
+        else:
+            changed |= self.conditions.set(ConditionType.MANAGER_SYNCED, *manager)
+
+        counts = self.fleet.counts()
+        inactive, offline = counts.get(WorkerState.INACTIVE, 0), counts.get(WorkerState.OFFLINE, 0)
+        if offline:
+            workers = (False, Reason.WORKERS_OFFLINE, f"{offline} offline, {inactive} inactive")
+        elif inactive:
+            workers = (False, Reason.WORKERS_INACTIVE, f"{inactive} inactive")
+        elif counts.get(WorkerState.ACTIVE, 0):
+            workers = (True, Reason.ALL_ACTIVE, f"{counts[WorkerState.ACTIVE]} active")
+        else:
+            workers = (None, Reason.NO_WORKERS, "no heartbeat received yet")
+        changed |= self.conditions.set(ConditionType.WORKERS_HEALTHY, *workers)
+
+        if config_error is not None:
+            ready: tuple[bool | None, Reason, str] = (False, config_error.reason, config_error.message)
+        elif broker is not None and broker.state not in (BrokerState.CONSUMING, BrokerState.CONNECTING):
+            ready = (False, _BROKER_REASONS[broker.state], broker.message)
+        elif manager is not None and not manager[0]:
+            ready = (False, manager[1], manager[2])
+        elif broker is None or broker.state is BrokerState.CONNECTING:
+            ready = (None, Reason.STARTING, "connecting to the broker")
+        else:
+            queue = self.spec.queue if self.spec else "?"
+            ready = (True, Reason.MONITORING, f"consuming heartbeats from queue {queue!r}")
+        changed |= self.conditions.set(ConditionType.READY, *ready)
+        stalled = ready[0] is False and ready[1] in CONFIGURATION_REASONS
+        changed |= self.conditions.set(
+            ConditionType.STALLED,
+            stalled,
+            ready[1] if stalled else Reason.CONFIGURATION_VALID,
+            ready[2] if stalled else "no configuration problem",
+        )
+        if changed:
+            self.status_writer.mark_dirty()
+
+    def _render_status(self) -> dict[str, Any]:
+        return render_status(
+            self.fleet.snapshot(MODULES_LIMIT),
+            self.conditions.as_list(self._observed_generation),
+            self._observed_generation,
+            self._loop.time(),
+            datetime.now(UTC),
+        )
+
+
+class Session:
+    """The connections of one configuration: Manager client, broker consumer, own heartbeat."""
+
+    def __init__(
+        self, monitor: ExchangeMonitor, spec: ExchangeSpec, connections: Connections, client: ManagerClient
+    ) -> None:
+        self.monitor = monitor
+        self.spec = spec
+        self._connections = connections
+        self._client = client
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer: HeartbeatConsumer | None = None
+
+    def start(self) -> None:
+        assert self.monitor.writer is not None
+        self._spawn(self.monitor.writer.run(), "manager-writer")
+        self._spawn(self._connect(), "session")
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=f"{self.monitor.namespace}/{self.monitor.name}:{name}")
+        task.add_done_callback(self._crashed)
+        self._tasks.append(task)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Task %s crashed", task.get_name(), exc_info=task.exception())
+
+    async def _connect(self) -> None:
+        monitor, spec = self.monitor, self.spec
+        if self._connections.amqp_url is not None:
+            urls = [self._connections.amqp_url]
+        else:
+            urls = await self._from_manager(lambda: resolve_broker_urls(self._client, spec.broker_id),
+                                            "resolve the broker connection")
+        self._consumer = HeartbeatConsumer(
+            urls, spec.queue, spec.prefetch, monitor.handle_message, monitor.set_broker_status,
+            ssl_context=amqp_ssl_context(self._connections.amqp_ca_data),
+            connection_name=f"overseer-operator {monitor.namespace}/{monitor.name}",
+        )
+        logger.info("%s/%s: consuming %r from %s", monitor.namespace, monitor.name, spec.queue,
+                    ", ".join(describe_url(url) for url in urls))
+        self._spawn(self._consumer.run(), "consumer")
+        if not monitor.seeded_from_manager:
+            modules = await self._from_manager(
+                lambda: self._client.list_modules(spec.exchange_id), "list the exchange's modules"
+            )
+            monitor.seed_from_manager(modules, spec)
+        identity = own_heartbeat(monitor.environment.identity, spec.module_type)
+        monitor.handle_registration(identity)
+        exchange = await self._from_manager(
+            lambda: self._client.get_exchange(spec.exchange_id), "look up the exchange's routing"
+        )
+        await publish_own_heartbeats(self._consumer.publish, exchange, spec.queue, identity)
+
+    async def _from_manager(self, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
+        """Retry a Manager read until it succeeds, reporting failures through ManagerSynced."""
+        delay = 2.0
+        while True:
+            try:
+                result = await call()
+            except ManagerUnauthorized as error:
+                self.monitor._set_manager_health(False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}")
+            except (ManagerError, LookupError) as error:
+                self.monitor._set_manager_health(False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}")
+            else:
+                if self.monitor.writer is not None and not self.monitor.writer.pending:
+                    self.monitor.set_manager_health(True, Reason.SYNCED, "the Manager is reachable")
+                return result
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def deregister(self) -> None:
+        """The resource is gone: take the operator's own row out of the exchange (best effort)."""
+        identity = self.monitor.environment.identity
+        try:
+            await asyncio.wait_for(
+                self._client.delete_module(self.spec.exchange_id, identity), SHUTDOWN_WRITE_TIMEOUT
+            )
+        except (ManagerError, TimeoutError) as error:
+            logger.warning("Own module %s not removed from the Manager: %s", identity, error)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.__aexit__(None, None, None), SHUTDOWN_WRITE_TIMEOUT)
+
+
+def _age(now: datetime, moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (now - moment) / timedelta(seconds=1)
+
+
+def _stopped_because_deleted(stopped: Stopped) -> bool:
+    reason = getattr(stopped, "reason", None)
+    if reason is None:
+        return False
+    import kopf  # the monitor itself does not depend on kopf; only its stop reason does
+
+    return bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)

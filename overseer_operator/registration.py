@@ -1,0 +1,48 @@
+"""The operator as a module of the exchange it monitors, as the legacy overseer_api made it.
+
+It registers under ``spec.moduleType`` with its pod name as hostname, then publishes its own status
+heartbeat every 30 s to ``root_exchange_name`` with routing key ``<routing_key>.<queue>``, so it is
+watched like any other worker and the publishing path is proven end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from overseer_operator.heartbeat import Heartbeat, encode_etf
+from overseer_operator.manager_client import ExchangeRecord
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 30.0
+
+Publisher = Callable[[str, str, bytes], Awaitable[None]]
+
+
+def own_heartbeat(identity: str, module_type: str) -> Heartbeat:
+    return Heartbeat(hostname=identity, module_type=module_type, status="active", workload=[])
+
+
+def routing_for(exchange: ExchangeRecord, queue: str) -> tuple[str, str]:
+    """The AMQP exchange and routing key a worker of ``exchange`` publishes ``queue`` messages to."""
+    routing_key = f"{exchange.routing_key}.{queue}" if exchange.routing_key else queue
+    return exchange.root_exchange_name, routing_key
+
+
+async def publish_own_heartbeats(
+    publish: Publisher, exchange: ExchangeRecord, queue: str, heartbeat: Heartbeat,
+    interval: float = HEARTBEAT_INTERVAL,
+) -> None:
+    """Publish ``heartbeat`` every ``interval`` seconds until cancelled; failures are retried."""
+    target, routing_key = routing_for(exchange, queue)
+    body = encode_etf(heartbeat)
+    while True:
+        try:
+            await publish(target, routing_key, body)
+        except (ConnectionError, OSError, RuntimeError) as error:
+            logger.warning("Own heartbeat not published to %s/%s: %s", target, routing_key, error)
+        except Exception as error:  # noqa: BLE001 - aio-pika raises many types; the loop must live
+            logger.warning("Own heartbeat not published to %s/%s: %r", target, routing_key, error)
+        await asyncio.sleep(interval)

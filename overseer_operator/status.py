@@ -1,0 +1,138 @@
+"""The MessagingExchange status: rendered from the fleet, written coalesced.
+
+A status patch happens when something a reader cares about changes (a count, a worker's state, a
+condition), at most once per ``min_interval``; heartbeat times alone are refreshed only every
+``refresh_interval``. A steady fleet therefore costs one small patch per refresh interval, whatever
+its size, the way the kubelet reports NodeStatus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from overseer_operator import metrics
+from overseer_operator.conditions import format_time
+from overseer_operator.fleet import FleetSnapshot, WorkerState
+from overseer_operator.kube import KubeApi, KubeApiError
+
+MODULES_LIMIT = 50
+
+logger = logging.getLogger(__name__)
+
+
+def render_status(
+    snapshot: FleetSnapshot,
+    conditions: list[dict[str, Any]],
+    observed_generation: int | None,
+    monotonic_now: float,
+    wall_now: datetime,
+) -> dict[str, Any]:
+    """The status subresource for a fleet snapshot (monotonic times turned into wall time)."""
+
+    def wall(moment: float) -> str:
+        return format_time(wall_now - timedelta(seconds=max(0.0, monotonic_now - moment)))
+
+    counts = {state.value: snapshot.counts.get(state, 0) for state in WorkerState}
+    status: dict[str, Any] = {
+        "conditions": conditions,
+        "workers": {"total": sum(counts.values()), **counts},
+        "modules": [
+            {
+                "hostname": worker.hostname,
+                "type": worker.module_type,
+                "state": worker.state.value,
+                "lastHeartbeatTime": wall(worker.last_seen),
+            }
+            for worker in snapshot.workers
+        ],
+    }
+    if observed_generation is not None:
+        status["observedGeneration"] = observed_generation
+    if snapshot.last_heartbeat_at is not None:
+        status["lastHeartbeatTime"] = wall(snapshot.last_heartbeat_at)
+    return status
+
+
+def _without_heartbeat_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    significant = {key: value for key, value in status.items() if key != "lastHeartbeatTime"}
+    significant["modules"] = [
+        {key: value for key, value in module.items() if key != "lastHeartbeatTime"}
+        for module in status.get("modules", ())
+    ]
+    return significant
+
+
+class StatusWriter:
+    """Writes the rendered status when it changed, coalescing bursts of changes into one patch."""
+
+    def __init__(
+        self,
+        kube: KubeApi,
+        namespace: str,
+        name: str,
+        render: Callable[[], dict[str, Any]],
+        *,
+        min_interval: float = 1.0,
+        refresh_interval: float = 60.0,
+        retry_interval: float = 5.0,
+    ) -> None:
+        self._kube = kube
+        self._namespace = namespace
+        self._name = name
+        self._render = render
+        self._min_interval = min_interval
+        self._refresh_interval = refresh_interval
+        self._retry_interval = retry_interval
+        self._dirty = asyncio.Event()
+        self._written: dict[str, Any] | None = None
+        self._written_at = float("-inf")
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def _due(self, status: dict[str, Any], now: float) -> bool:
+        if self._written is None:
+            return True
+        if _without_heartbeat_times(status) != _without_heartbeat_times(self._written):
+            return True
+        return now - self._written_at >= self._refresh_interval and status != self._written
+
+    async def write_if_due(self) -> bool:
+        """One write attempt if the status changed; True if a patch was sent and accepted."""
+        loop = asyncio.get_running_loop()
+        status = self._render()
+        if not self._due(status, loop.time()):
+            return False
+        labels = (self._namespace, self._name, "status")
+        try:
+            await self._kube.patch_status(self._namespace, self._name, status)
+        except KubeApiError as error:
+            metrics.KUBERNETES_WRITES.labels(*labels, "failure").inc()
+            if error.status == 404:  # the resource is being deleted: nothing left to report to
+                return False
+            raise
+        metrics.KUBERNETES_WRITES.labels(*labels, "success").inc()
+        self._written, self._written_at = status, loop.time()
+        return True
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait_for = max(0.0, self._written_at + self._refresh_interval - loop.time())
+            try:
+                await asyncio.wait_for(self._dirty.wait(), timeout=wait_for)
+            except TimeoutError:
+                pass
+            # Let a burst of changes settle into one patch.
+            await asyncio.sleep(max(0.0, self._written_at + self._min_interval - loop.time()))
+            self._dirty.clear()
+            try:
+                await self.write_if_due()
+            except KubeApiError as error:
+                logger.warning("Status of %s/%s not written: %s", self._namespace, self._name, error)
+                self._dirty.set()
+                await asyncio.sleep(self._retry_interval)
