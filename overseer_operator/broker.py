@@ -26,7 +26,7 @@ async def _pick_url(client: ManagerClient, broker_id: str) -> str:
     connections = await client.list_broker_connections(broker_id)
     if not connections:
         raise LookupError(f"the Manager lists no connection for broker {broker_id}")
-    return random.choice(connections).url()  # noqa: S311 - load spreading, as the legacy code did
+    return random.choice(connections).url()
 
 
 def amqp_ssl_context(ca_data: str | None) -> ssl.SSLContext | None:

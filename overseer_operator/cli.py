@@ -22,19 +22,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the operator against the current kubeconfig")
     scope = run.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
-                       help="watch this namespace (repeatable; globs like 'team-*' work)")
-    scope.add_argument("-A", "--all-namespaces", action="store_true",
-                       help="watch every namespace (the default when no --namespace is given)")
-    run.add_argument("--liveness-port", type=int, default=int(os.environ.get("LIVENESS_PORT", 8080)),
-                     help="serve kopf's liveness probe on /healthz at this port (0: off)")
-    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 9090)),
-                     help="serve Prometheus metrics on /metrics at this port (0: off)")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable; globs like 'team-*' work)",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    run.add_argument(
+        "--liveness-port",
+        type=int,
+        default=int(os.environ.get("LIVENESS_PORT", 8080)),
+        help="serve kopf's liveness probe on /healthz at this port (0: off)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("METRICS_PORT", 9090)),
+        help="serve Prometheus metrics on /metrics at this port (0: off)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything, kopf's internals too")
 
     commands.add_parser(
-        "simulate-workers", add_help=False,
+        "simulate-workers",
+        add_help=False,
         help="publish heartbeats of simulated workers (see simulate-workers --help)",
     )
     return parser
@@ -51,11 +70,15 @@ def run_operator(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose or level == "DEBUG", debug=args.debug)
     if level in {"WARNING", "ERROR"}:
         logging.getLogger().setLevel(level)
+    # One line per Manager or Kubernetes request is noise; failures are logged by the callers.
+    for chatty in ("httpx", "httpcore", "aiormq", "aio_pika"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.metrics_port:
         metrics.serve_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     logging.getLogger(__name__).info(
-        "overseer-operator %s watching %s", __version__,
+        "overseer-operator %s watching %s",
+        __version__,
         ", ".join(args.namespace) if args.namespace else "all namespaces",
     )
     kopf.run(

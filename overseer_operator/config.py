@@ -67,9 +67,17 @@ class ExchangeSpec:
     def connection_fields(self) -> tuple[Any, ...]:
         """What needs new connections when it changes (the rest is applied in place)."""
         return (
-            self.broker_id, self.queue, self.prefetch, self.module_type, self.manager_url,
-            self.login_url, self.client_id, self.client_secret_ref, self.manager_ca_ref,
-            self.amqp_url_ref, self.amqp_ca_ref,
+            self.broker_id,
+            self.queue,
+            self.prefetch,
+            self.module_type,
+            self.manager_url,
+            self.login_url,
+            self.client_id,
+            self.client_secret_ref,
+            self.manager_ca_ref,
+            self.amqp_url_ref,
+            self.amqp_ca_ref,
         )
 
 
@@ -129,7 +137,9 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
         manager_url=manager.get("url") or None,
         login_url=oauth.get("loginUrl") or None,
         client_id=oauth.get("clientId") or None,
-        client_secret_ref=_secret_ref(oauth.get("clientSecretRef"), "manager.oauth.clientSecretRef"),
+        client_secret_ref=_secret_ref(
+            oauth.get("clientSecretRef"), "manager.oauth.clientSecretRef"
+        ),
         manager_ca_ref=_secret_ref(manager.get("caSecretRef"), "manager.caSecretRef"),
         amqp_url_ref=_secret_ref(amqp.get("urlSecretRef"), "amqp.urlSecretRef"),
         amqp_ca_ref=_secret_ref(amqp.get("caSecretRef"), "amqp.caSecretRef"),
@@ -212,23 +222,24 @@ async def resolve_connections(
     if missing:
         raise ConfigError(Reason.INVALID_SPEC, "missing Manager settings: " + ", ".join(missing))
 
-    manager_ca = (
-        await read_secret(spec.manager_ca_ref) if spec.manager_ca_ref else _read_file(env.manager_ca_bundle)
-    )
+    manager_ca = await read_secret(spec.manager_ca_ref) if spec.manager_ca_ref else None
     amqp_url = (await read_secret(spec.amqp_url_ref)).strip() if spec.amqp_url_ref else None
     if amqp_url is not None and not amqp_url.startswith(("amqp://", "amqps://")):
         raise ConfigError(
             Reason.INVALID_BROKER_URL,
             f"{spec.amqp_url_ref} does not hold an amqp:// or amqps:// URL",
         )
-    amqp_ca = await read_secret(spec.amqp_ca_ref) if spec.amqp_ca_ref else _read_file(env.amqp_ca_bundle)
+    amqp_ca = (
+        await read_secret(spec.amqp_ca_ref) if spec.amqp_ca_ref else _read_file(env.amqp_ca_bundle)
+    )
     return Connections(
         manager=ManagerSettings(
             url=manager_url,
             login_url=login_url,
             client_id=client_id,
             client_secret=client_secret,
-            ca_bundle=manager_ca,
+            ca_bundle=None if manager_ca else env.manager_ca_bundle,
+            ca_data=manager_ca,
         ),
         amqp_url=amqp_url,
         amqp_ca_data=amqp_ca,

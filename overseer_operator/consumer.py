@@ -182,8 +182,9 @@ class HeartbeatConsumer:
         assert self._channel is not None and self._queue is not None
         declared = await self._channel.declare_queue(self._queue_name, passive=True)
         if declared.declaration_result.consumer_count == 0:
-            logger.warning("Queue %r has no consumer after a reconnect; consuming again",
-                           self._queue_name)
+            logger.warning(
+                "Queue %r has no consumer after a reconnect; consuming again", self._queue_name
+            )
             self._queue = declared
             await self._consume()
         else:

@@ -38,7 +38,12 @@ def describe_transition(transition: Transition) -> str:
 
 class EventRecorder:
     def __init__(
-        self, kube: KubeApi, involved: Mapping[str, Any], *, capacity: int = 10, per_seconds: float = 60.0
+        self,
+        kube: KubeApi,
+        involved: Mapping[str, Any],
+        *,
+        capacity: int = 10,
+        per_seconds: float = 60.0,
     ) -> None:
         self._kube = kube
         self._involved = dict(involved)
@@ -54,7 +59,8 @@ class EventRecorder:
         suppressed = self._limiter.take_suppressed()
         if suppressed:
             self._enqueue(
-                "Warning", "TransitionsSuppressed",
+                "Warning",
+                "TransitionsSuppressed",
                 f"{suppressed} more worker transitions were not posted as Events (rate limit); "
                 "see the resource status and the operator metrics",
             )

@@ -22,8 +22,9 @@ CANCELLATION_TIMEOUT = 20.0
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
-                    **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
     settings.persistence.finalizer = f"{PREFIX}/monitor"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
@@ -41,8 +42,14 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="monitor", cancellation_timeout=CANCELLATION_TIMEOUT)
-async def monitor_exchange(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
-                           namespace: str, name: str, **_: Any) -> None:
+async def monitor_exchange(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    **_: Any,
+) -> None:
     monitor = ExchangeMonitor(body, memo.environment, memo.kube)
     memo.monitors[namespace, name] = monitor
     try:
@@ -57,8 +64,9 @@ def report_exchanges(memo: kopf.Memo, **_: Any) -> dict[str, int]:
     return {"monitored": len(monitors)}
 
 
-async def seed_legacy_exchange(kube: KubeApi, environment: OperatorEnvironment,
-                               logger: logging.Logger) -> None:
+async def seed_legacy_exchange(
+    kube: KubeApi, environment: OperatorEnvironment, logger: logging.Logger
+) -> None:
     """A deployment configured only by the legacy EXCHANGE_ID/BROKER_ID still gets monitored."""
     exchange_id, broker_id = environment.legacy_exchange_id, environment.legacy_broker_id
     if not (exchange_id and broker_id):
@@ -68,8 +76,11 @@ async def seed_legacy_exchange(kube: KubeApi, environment: OperatorEnvironment,
     body = {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/created-by": "overseer-operator"}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/created-by": "overseer-operator"},
+        },
         "spec": {
             "exchangeId": exchange_id,
             "brokerId": broker_id,
@@ -77,8 +88,17 @@ async def seed_legacy_exchange(kube: KubeApi, environment: OperatorEnvironment,
         },
     }
     if await kube.create_exchange(namespace, body):
-        logger.info("EXCHANGE_ID=%s and BROKER_ID=%s are set: created MessagingExchange %s/%s",
-                    exchange_id, broker_id, namespace, name)
+        logger.info(
+            "EXCHANGE_ID=%s and BROKER_ID=%s are set: created MessagingExchange %s/%s",
+            exchange_id,
+            broker_id,
+            namespace,
+            name,
+        )
     else:
-        logger.info("EXCHANGE_ID=%s is set and MessagingExchange %s/%s already exists",
-                    exchange_id, namespace, name)
+        logger.info(
+            "EXCHANGE_ID=%s is set and MessagingExchange %s/%s already exists",
+            exchange_id,
+            namespace,
+            name,
+        )

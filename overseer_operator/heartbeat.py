@@ -141,7 +141,7 @@ def _decode_json(body: bytes) -> Any:
     try:
         document = json.loads(body)
     except RecursionError:
-        raise MessageRejected("too_deep", f"JSON nested deeper than {MAX_DEPTH}") from None
+        raise MessageRejected("too_deep", "JSON nested too deeply to parse") from None
     except ValueError as error:
         raise MessageRejected("undecodable", f"invalid JSON: {error}") from None
     return _plain(document)

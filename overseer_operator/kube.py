@@ -39,7 +39,7 @@ class KubeApiError(Exception):
 
 
 class _ConfigurationAuth(httpx.Auth):
-    """Bearer token from the loaded configuration, refreshed as the loader allows (projected tokens)."""
+    """Bearer token from the loaded configuration, refreshed as its loader allows."""
 
     def __init__(self, configuration: k8s_client.Configuration) -> None:
         self._configuration = configuration
@@ -51,7 +51,9 @@ class _ConfigurationAuth(httpx.Auth):
             "authorization"
         )
         if token:
-            request.headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+            request.headers["Authorization"] = (
+                token if token.startswith("Bearer ") else f"Bearer {token}"
+            )
         yield request
 
 
@@ -99,7 +101,9 @@ class KubeApi:
             raise KubeApiError(f"{method} {url}: {type(error).__name__}: {error}") from error
         if response.is_error:
             message = response.json().get("message", "") if _is_json(response) else response.text
-            raise KubeApiError(f"{method} {url}: {response.status_code} {message}", response.status_code)
+            raise KubeApiError(
+                f"{method} {url}: {response.status_code} {message}", response.status_code
+            )
         return response
 
     @staticmethod
@@ -110,11 +114,14 @@ class KubeApi:
     async def read_secret_value(self, namespace: str, ref: SecretKeyRef) -> str:
         """The decoded value of one Secret key; a missing Secret or key is a ``ConfigError``."""
         try:
-            response = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
+            response = await self._request(
+                "GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}"
+            )
         except KubeApiError as error:
             if error.status == 404:
                 raise ConfigError(
-                    Reason.SECRET_NOT_FOUND, f"Secret {ref.name!r} not found in namespace {namespace!r}"
+                    Reason.SECRET_NOT_FOUND,
+                    f"Secret {ref.name!r} not found in namespace {namespace!r}",
                 ) from None
             if error.status == 403:
                 raise ConfigError(

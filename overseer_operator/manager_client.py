@@ -287,11 +287,10 @@ class ManagerClient:
         """Send with retries; return a 2xx (or ``also_ok``) response, else raise ManagerError."""
         attempts = self._settings.max_attempts
         for attempt in range(1, attempts + 1):
-            retry_after: float | None = None
             try:
                 response = await self._http.request(method, path, json=json, auth=self._auth)
             except OAuthError as exc:
-                if not _retryable(exc.status):
+                if 400 <= exc.status < 500 and exc.status != 429:
                     raise ManagerUnauthorized(
                         f"{method} {path}: the OAuth server refused the client credentials"
                         f" (HTTP {exc.status})"
@@ -314,10 +313,9 @@ class ManagerClient:
                 if not _retryable(status):
                     raise ManagerRejected(method, path, status, _error_message(response))
                 failure = f"HTTP {status}"
-                retry_after = _retry_after(response)
             if attempt == attempts:
                 break
-            delay = self._backoff(attempt, retry_after)
+            delay = self._backoff(attempt)
             logger.warning(
                 "Manager %s %s failed (%s); attempt %d of %d in %.2f s",
                 method,
@@ -330,13 +328,9 @@ class ManagerClient:
             await self._sleep(delay)
         raise ManagerUnavailable(f"{method} {path} failed after {attempts} attempts: {failure}")
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full jitter over an exponential ceiling; a Retry-After hint is honoured up to the cap."""
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        delay = self._jitter() * ceiling
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._backoff_max))
-        return delay
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform between 0 and an exponentially growing, capped ceiling."""
+        return self._jitter() * min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
 
 
 def _exchange_path(exchange_id: str) -> str:
@@ -345,11 +339,6 @@ def _exchange_path(exchange_id: str) -> str:
 
 def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
 
 
 def _id(value: object) -> str | None:

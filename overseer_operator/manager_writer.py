@@ -177,7 +177,9 @@ class ManagerWriter:
         self._failures = 0
         metrics.MANAGER_PENDING.labels(*self._labels).set(self.pending)
         if not self.pending:
-            self._on_health(True, Reason.SYNCED, "every worker transition was written to the Manager")
+            self._on_health(
+                True, Reason.SYNCED, "every worker transition was written to the Manager"
+            )
 
     async def _call(self, hostname: str, owed: _Owed, operation: Operation) -> None:
         if operation is Operation.DELETE:
@@ -195,4 +197,4 @@ class ManagerWriter:
         self._failures += 1
         self._on_health(False, reason, f"{self.pending} Manager writes pending: {message}")
         backoff = min(self._max_backoff, 2.0 ** min(self._failures, 10))
-        await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter, not crypto
+        await asyncio.sleep(random.uniform(backoff / 2, backoff))

@@ -75,16 +75,25 @@ DETECTION_LAG = Histogram(
 )
 
 
-def serve_metrics(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod listens on all
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
     """Serve ``/metrics`` for the operator's registry on ``address:port`` (a daemon thread)."""
     start_http_server(port, addr=address, registry=REGISTRY)
 
 
 def forget_exchange(namespace: str, name: str) -> None:
     """Drop every series of an exchange whose resource was deleted."""
-    for metric in (WORKERS, HEARTBEATS_RECEIVED, MESSAGES_REJECTED, MESSAGES_IGNORED, TRANSITIONS,
-                   MANAGER_WRITES, MANAGER_PENDING, KUBERNETES_WRITES, BROKER_CONNECTED,
-                   DETECTION_LAG):
-        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public API
+    for metric in (
+        WORKERS,
+        HEARTBEATS_RECEIVED,
+        MESSAGES_REJECTED,
+        MESSAGES_IGNORED,
+        TRANSITIONS,
+        MANAGER_WRITES,
+        MANAGER_PENDING,
+        KUBERNETES_WRITES,
+        BROKER_CONNECTED,
+        DETECTION_LAG,
+    ):
+        for labels in list(metric._metrics):
             if labels[:2] == (namespace, name):
                 metric.remove(*labels)

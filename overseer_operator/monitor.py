@@ -42,7 +42,7 @@ from overseer_operator.kube import KubeApi
 from overseer_operator.manager_client import ManagerClient, ManagerError, ManagerUnauthorized
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.ratelimit import RateLimiter
-from overseer_operator.registration import own_heartbeat, publish_own_heartbeats
+from overseer_operator.registration import heartbeat_interval, own_heartbeat, publish_own_heartbeats
 from overseer_operator.status import MODULES_LIMIT, StatusWriter, render_status
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Stopped(Protocol):
     """The slice of ``kopf.DaemonStopped`` the monitor uses."""
 
     def __bool__(self) -> bool: ...
-    async def wait(self, timeout: float | None = None) -> bool: ...
+    async def wait(self, timeout: float | None = None) -> bool: ...  # noqa: ASYNC109 - kopf's API
 
 
 class ExchangeMonitor:
@@ -85,11 +85,15 @@ class ExchangeMonitor:
         self.conditions = ConditionSet()
         self.conditions.seed((body.get("status") or {}).get("conditions") or ())
         self.status_writer = StatusWriter(
-            kube, self.namespace, self.name, self._render_status,
+            kube,
+            self.namespace,
+            self.name,
+            self._render_status,
             refresh_interval=STATUS_REFRESH_INTERVAL,
         )
         self.events = EventRecorder(
-            kube, {"namespace": self.namespace, "name": self.name, "uid": body["metadata"].get("uid")}
+            kube,
+            {"namespace": self.namespace, "name": self.name, "uid": body["metadata"].get("uid")},
         )
         self.writer: ManagerWriter | None = None
         self.spec: ExchangeSpec | None = None
@@ -106,7 +110,7 @@ class ExchangeMonitor:
 
     async def run(self, stopped: Stopped) -> None:
         """Monitor until ``stopped``; the caller's daemon exits when this returns."""
-        self._seed_from_status((self._body.get("status") or {}))
+        self._seed_from_status(self._body.get("status") or {})
         background = [
             asyncio.create_task(self.status_writer.run(), name="status-writer"),
             asyncio.create_task(self.events.run(), name="events"),
@@ -118,17 +122,19 @@ class ExchangeMonitor:
                 generation = self._body["metadata"].get("generation")
                 spec = self._apply_spec(generation)
                 if spec is None:
-                    await self._wait_for_change(stopped, generation, timeout=None)
+                    await self._wait_for_change(stopped, generation, retry_after=None)
                     continue
                 if session is None or session.spec.connection_fields != spec.connection_fields:
                     if session is not None:
                         await session.close()
                     session = await self._open_session(spec)
                 if session is None:  # a Secret or a setting is missing: retry, it may appear
-                    await self._wait_for_change(stopped, generation, timeout=CONFIG_RETRY_INTERVAL)
+                    await self._wait_for_change(
+                        stopped, generation, retry_after=CONFIG_RETRY_INTERVAL
+                    )
                     continue
                 session.spec = spec
-                await self._wait_for_change(stopped, generation, timeout=None)
+                await self._wait_for_change(stopped, generation, retry_after=None)
         finally:
             if session is not None:
                 if _stopped_because_deleted(stopped):
@@ -136,8 +142,11 @@ class ExchangeMonitor:
                 await session.close()
             await self._shut_down(stopped, background)
 
-    async def _wait_for_change(self, stopped: Stopped, generation: Any, timeout: float | None) -> None:
-        deadline = None if timeout is None else self._loop.time() + timeout
+    async def _wait_for_change(
+        self, stopped: Stopped, generation: Any, retry_after: float | None
+    ) -> None:
+        """Until stopped, or the spec changes, or ``retry_after`` seconds have passed."""
+        deadline = None if retry_after is None else self._loop.time() + retry_after
         while not stopped and self._body["metadata"].get("generation") == generation:
             if deadline is not None and self._loop.time() >= deadline:
                 return
@@ -169,8 +178,12 @@ class ExchangeMonitor:
         await client.__aenter__()
         if self.writer is None:
             self.writer = ManagerWriter(
-                client, spec.exchange_id, spec.refresh_interval, self._loop.time,
-                self.set_manager_health, self._labels,
+                client,
+                spec.exchange_id,
+                spec.refresh_interval,
+                self._loop.time,
+                self.set_manager_health,
+                self._labels,
             )
         else:
             self.writer.client = client
@@ -233,13 +246,20 @@ class ExchangeMonitor:
         self.seeded_from_manager = True
 
     def _seed(
-        self, hostname: Any, module_type: str, state: WorkerState, silent_for: float | None,
+        self,
+        hostname: Any,
+        module_type: str,
+        state: WorkerState,
+        silent_for: float | None,
         workload: list[Any] | None = None,
     ) -> None:
         if not isinstance(hostname, str) or not hostname:
             return
         transition = self.fleet.seed(
-            hostname, module_type, state, None if silent_for is None else max(0.0, silent_for),
+            hostname,
+            module_type,
+            state,
+            None if silent_for is None else max(0.0, silent_for),
             workload=workload or [],
         )
         if transition is not None:
@@ -278,11 +298,16 @@ class ExchangeMonitor:
     def _dispatch(self, transition: Transition) -> None:
         metrics.TRANSITIONS.labels(*self._labels, transition.current.value).inc()
         if transition.current is not WorkerState.ACTIVE:
-            metrics.DETECTION_LAG.labels(*self._labels).observe(max(0.0, transition.at - transition.due_at))
+            metrics.DETECTION_LAG.labels(*self._labels).observe(
+                max(0.0, transition.at - transition.due_at)
+            )
         if transition.current is not WorkerState.ACTIVE or transition.previous is not None:
             logger.info(
-                "%s/%s: worker %s %s -> %s", *self._labels, transition.hostname,
-                transition.previous and transition.previous.value, transition.current.value,
+                "%s/%s: worker %s %s -> %s",
+                *self._labels,
+                transition.hostname,
+                transition.previous and transition.previous.value,
+                transition.current.value,
             )
         if self.writer is not None:
             self.writer.apply(transition)
@@ -302,21 +327,25 @@ class ExchangeMonitor:
             self._update_worker_gauges()
 
     def _update_worker_gauges(self) -> None:
-        counts = self.fleet.counts()
+        counts = self.fleet.snapshot(0).counts
         for state in WorkerState:
             metrics.WORKERS.labels(*self._labels, state.value).set(counts.get(state, 0))
 
     # --- conditions --------------------------------------------------------------------------
 
     def _set_config_error(self, error: ConfigError | None) -> None:
-        if error is not None and (self._config_error is None or error.message != self._config_error.message):
+        if error is not None and (
+            self._config_error is None or error.message != self._config_error.message
+        ):
             logger.error("%s/%s: %s", *self._labels, error.message)
         self._config_error = error
         self._refresh_conditions()
 
     def set_broker_status(self, status: BrokerStatus) -> None:
         self._broker = status
-        metrics.BROKER_CONNECTED.labels(*self._labels).set(int(status.state is BrokerState.CONSUMING))
+        metrics.BROKER_CONNECTED.labels(*self._labels).set(
+            int(status.state is BrokerState.CONSUMING)
+        )
         # A broker outage is not a fleet outage: freeze the clock of every worker meanwhile.
         if status.state is BrokerState.CONSUMING:
             self.fleet.resume()
@@ -325,7 +354,7 @@ class ExchangeMonitor:
         self._sweep_wake.set()
         self._refresh_conditions()
 
-    def _set_manager_health(self, ok: bool, reason: Reason, message: str) -> None:
+    def set_manager_health(self, ok: bool, reason: Reason, message: str) -> None:
         self._manager = (ok, reason, message)
         self._refresh_conditions()
 
@@ -352,7 +381,7 @@ class ExchangeMonitor:
         else:
             changed |= self.conditions.set(ConditionType.MANAGER_SYNCED, *manager)
 
-        counts = self.fleet.counts()
+        counts = self.fleet.snapshot(0).counts
         inactive, offline = counts.get(WorkerState.INACTIVE, 0), counts.get(WorkerState.OFFLINE, 0)
         if offline:
             workers = (False, Reason.WORKERS_OFFLINE, f"{offline} offline, {inactive} inactive")
@@ -365,8 +394,15 @@ class ExchangeMonitor:
         changed |= self.conditions.set(ConditionType.WORKERS_HEALTHY, *workers)
 
         if config_error is not None:
-            ready: tuple[bool | None, Reason, str] = (False, config_error.reason, config_error.message)
-        elif broker is not None and broker.state not in (BrokerState.CONSUMING, BrokerState.CONNECTING):
+            ready: tuple[bool | None, Reason, str] = (
+                False,
+                config_error.reason,
+                config_error.message,
+            )
+        elif broker is not None and broker.state not in (
+            BrokerState.CONSUMING,
+            BrokerState.CONNECTING,
+        ):
             ready = (False, _BROKER_REASONS[broker.state], broker.message)
         elif manager is not None and not manager[0]:
             ready = (False, manager[1], manager[2])
@@ -400,7 +436,11 @@ class Session:
     """The connections of one configuration: Manager client, broker consumer, own heartbeat."""
 
     def __init__(
-        self, monitor: ExchangeMonitor, spec: ExchangeSpec, connections: Connections, client: ManagerClient
+        self,
+        monitor: ExchangeMonitor,
+        spec: ExchangeSpec,
+        connections: Connections,
+        client: ManagerClient,
     ) -> None:
         self.monitor = monitor
         self.spec = spec
@@ -415,7 +455,9 @@ class Session:
         self._spawn(self._connect(), "session")
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coroutine, name=f"{self.monitor.namespace}/{self.monitor.name}:{name}")
+        task = asyncio.create_task(
+            coroutine, name=f"{self.monitor.namespace}/{self.monitor.name}:{name}"
+        )
         task.add_done_callback(self._crashed)
         self._tasks.append(task)
 
@@ -428,15 +470,26 @@ class Session:
         if self._connections.amqp_url is not None:
             urls = [self._connections.amqp_url]
         else:
-            urls = await self._from_manager(lambda: resolve_broker_urls(self._client, spec.broker_id),
-                                            "resolve the broker connection")
+            urls = await self._from_manager(
+                lambda: resolve_broker_urls(self._client, spec.broker_id),
+                "resolve the broker connection",
+            )
         self._consumer = HeartbeatConsumer(
-            urls, spec.queue, spec.prefetch, monitor.handle_message, monitor.set_broker_status,
+            urls,
+            spec.queue,
+            spec.prefetch,
+            monitor.handle_message,
+            monitor.set_broker_status,
             ssl_context=amqp_ssl_context(self._connections.amqp_ca_data),
             connection_name=f"overseer-operator {monitor.namespace}/{monitor.name}",
         )
-        logger.info("%s/%s: consuming %r from %s", monitor.namespace, monitor.name, spec.queue,
-                    ", ".join(describe_url(url) for url in urls))
+        logger.info(
+            "%s/%s: consuming %r from %s",
+            monitor.namespace,
+            monitor.name,
+            spec.queue,
+            ", ".join(describe_url(url) for url in urls),
+        )
         self._spawn(self._consumer.run(), "consumer")
         if not monitor.seeded_from_manager:
             modules = await self._from_manager(
@@ -448,7 +501,13 @@ class Session:
         exchange = await self._from_manager(
             lambda: self._client.get_exchange(spec.exchange_id), "look up the exchange's routing"
         )
-        await publish_own_heartbeats(self._consumer.publish, exchange, spec.queue, identity)
+        await publish_own_heartbeats(
+            self._consumer.publish,
+            exchange,
+            spec.queue,
+            identity,
+            lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
+        )
 
     async def _from_manager(self, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
         """Retry a Manager read until it succeeds, reporting failures through ManagerSynced."""
@@ -457,9 +516,13 @@ class Session:
             try:
                 result = await call()
             except ManagerUnauthorized as error:
-                self.monitor._set_manager_health(False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}")
+                self.monitor.set_manager_health(
+                    False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}"
+                )
             except (ManagerError, LookupError) as error:
-                self.monitor._set_manager_health(False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}")
+                self.monitor.set_manager_health(
+                    False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}"
+                )
             else:
                 if self.monitor.writer is not None and not self.monitor.writer.pending:
                     self.monitor.set_manager_health(True, Reason.SYNCED, "the Manager is reachable")

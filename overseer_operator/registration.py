@@ -26,16 +26,24 @@ def own_heartbeat(identity: str, module_type: str) -> Heartbeat:
 
 
 def routing_for(exchange: ExchangeRecord, queue: str) -> tuple[str, str]:
-    """The AMQP exchange and routing key a worker of ``exchange`` publishes ``queue`` messages to."""
+    """The AMQP exchange and routing key for ``queue`` messages of ``exchange``'s workers."""
     routing_key = f"{exchange.routing_key}.{queue}" if exchange.routing_key else queue
     return exchange.root_exchange_name, routing_key
 
 
+def heartbeat_interval(inactive_after: float) -> float:
+    """The legacy 30 s, or shorter where a short threshold would otherwise flag the operator."""
+    return min(HEARTBEAT_INTERVAL, inactive_after / 3)
+
+
 async def publish_own_heartbeats(
-    publish: Publisher, exchange: ExchangeRecord, queue: str, heartbeat: Heartbeat,
-    interval: float = HEARTBEAT_INTERVAL,
+    publish: Publisher,
+    exchange: ExchangeRecord,
+    queue: str,
+    heartbeat: Heartbeat,
+    interval: Callable[[], float],
 ) -> None:
-    """Publish ``heartbeat`` every ``interval`` seconds until cancelled; failures are retried."""
+    """Publish ``heartbeat`` every ``interval()`` seconds until cancelled; failures are retried."""
     target, routing_key = routing_for(exchange, queue)
     body = encode_etf(heartbeat)
     while True:
@@ -43,6 +51,6 @@ async def publish_own_heartbeats(
             await publish(target, routing_key, body)
         except (ConnectionError, OSError, RuntimeError) as error:
             logger.warning("Own heartbeat not published to %s/%s: %s", target, routing_key, error)
-        except Exception as error:  # noqa: BLE001 - aio-pika raises many types; the loop must live
+        except Exception as error:
             logger.warning("Own heartbeat not published to %s/%s: %r", target, routing_key, error)
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval())

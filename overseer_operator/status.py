@@ -9,9 +9,10 @@ its size, the way the kubelet reports NodeStatus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from overseer_operator import metrics
@@ -123,16 +124,16 @@ class StatusWriter:
         loop = asyncio.get_running_loop()
         while True:
             wait_for = max(0.0, self._written_at + self._refresh_interval - loop.time())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=wait_for)
-            except TimeoutError:
-                pass
             # Let a burst of changes settle into one patch.
             await asyncio.sleep(max(0.0, self._written_at + self._min_interval - loop.time()))
             self._dirty.clear()
             try:
                 await self.write_if_due()
             except KubeApiError as error:
-                logger.warning("Status of %s/%s not written: %s", self._namespace, self._name, error)
+                logger.warning(
+                    "Status of %s/%s not written: %s", self._namespace, self._name, error
+                )
                 self._dirty.set()
                 await asyncio.sleep(self._retry_interval)

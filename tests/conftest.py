@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.testbed",
     "tests.fixtures.manager",
+    "tests.fixtures.operator",
 ]

@@ -268,7 +268,10 @@ class ManagerEmulator:
         self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, name=f"manager-emulator:{self._port}", daemon=True
+            target=server.serve_forever,
+            args=(0.05,),  # poll interval: how long stop() waits for the loop to notice
+            name=f"manager-emulator:{self._port}",
+            daemon=True,
         )
         self._thread.start()
         return self

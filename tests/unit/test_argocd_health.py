@@ -9,6 +9,7 @@ format), then the rules that tie the script to the operator's condition reasons.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import yaml
 
 from overseer_operator.conditions import CONFIGURATION_REASONS, Reason
 
-ARGOCD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "argocd"
+ROOT = Path(__file__).resolve().parents[2]
+ARGOCD_DIR = ROOT / "deploy" / "argocd"
 HEALTH_SCRIPT = (ARGOCD_DIR / "health.lua").read_text(encoding="utf-8")
 HEALTH_CASES: list[dict[str, Any]] = yaml.safe_load(
     (ARGOCD_DIR / "health_test.yaml").read_text(encoding="utf-8")
@@ -121,3 +123,15 @@ def test_status_without_observed_generation_is_progressing(health: Health) -> No
     obj = load_testdata("testdata/healthy.yaml")
     del obj["status"]["observedGeneration"]
     assert health(obj)["status"] == "Progressing"
+
+
+def test_operations_docs_show_this_script_for_argocd_cm() -> None:
+    docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    documents = [
+        document
+        for block in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL)
+        for document in yaml.safe_load_all(block)
+    ]
+    (argocd_cm,) = [d for d in documents if d.get("metadata", {}).get("name") == "argocd-cm"]
+    key = "resource.customizations.health.openaperture.io_MessagingExchange"
+    assert argocd_cm["data"][key] == HEALTH_SCRIPT

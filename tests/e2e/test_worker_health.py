@@ -1,0 +1,177 @@
+"""End to end: the operator as a process, the real apiserver and broker, the Manager emulator.
+
+Short thresholds (inactive after 4 s, offline after 8 s) stand in for the production 10 and 20
+minutes; the fast tier (tests/unit/test_fleet.py) covers the real values under looptime.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from overseer_operator.heartbeat import Heartbeat, encode_etf
+from tests.fixtures.operator import (
+    apply_exchange,
+    condition,
+    eventually,
+    get_exchange,
+    publish,
+)
+
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
+
+SHORT = {"inactiveAfter": "4s", "offlineAfter": "8s"}
+
+
+def module_states(manager, exchange_id: str) -> dict[str, str]:
+    return {row["hostname"]: row["status"] for row in manager.modules(exchange_id)}
+
+
+def writes_for(manager, exchange_id: str, hostname: str) -> list[tuple[str, str | None]]:
+    """The (method, status) of every Manager write about one worker, oldest first."""
+    result = []
+    for request in manager.module_writes(exchange_id):
+        if request.method == "DELETE" and request.path.endswith(f"/{hostname}"):
+            result.append(("DELETE", None))
+        elif request.method == "POST" and (request.json or {}).get("hostname") == hostname:
+            result.append(("POST", request.json.get("status")))
+    return result
+
+
+def test_workers_go_active_inactive_offline_and_come_back(
+    kubectl, namespace, manager, exchange, workers, start_operator
+):
+    apply_exchange(
+        kubectl, namespace, "fleet", exchange, thresholds=SHORT, manager={"refreshInterval": "1h"}
+    )
+    workers.alive.update({"builder-1": "builder", "deployer-1": "deployer", "builder-2": "builder"})
+    operator = start_operator(namespace)
+
+    # Every worker, and the operator itself, is registered active in the Manager...
+    eventually(
+        lambda: (
+            module_states(manager, exchange.exchange_id)
+            == {
+                "builder-1": "active",
+                "deployer-1": "active",
+                "builder-2": "active",
+                "overseer-e2e": "active",
+            }
+        ),
+        timeout=60,
+        what="all workers active in the Manager",
+    )
+    # ...and in the resource's status, with the conditions a user waits on.
+    resource = eventually(
+        lambda: (
+            (r := get_exchange(kubectl, namespace, "fleet"))["status"]["workers"]["active"] == 4
+            and r
+        ),
+        what="status counts",
+    )
+    assert condition(resource, "Ready")["status"] == "True"
+    assert condition(resource, "BrokerConnected")["status"] == "True"
+    assert resource["status"]["observedGeneration"] == resource["metadata"]["generation"]
+    overseer = [
+        row for row in manager.modules(exchange.exchange_id) if row["hostname"] == "overseer-e2e"
+    ]
+    assert overseer[0]["type"] == "overseer"
+
+    # builder-2 goes quiet: inactive after 4 s, offline (deleted) after 8 s, in that order.
+    del workers.alive["builder-2"]
+    eventually(
+        lambda: "builder-2" not in module_states(manager, exchange.exchange_id),
+        timeout=30,
+        what="builder-2 deleted from the Manager",
+    )
+    assert writes_for(manager, exchange.exchange_id, "builder-2")[-2:] == [
+        ("POST", "inactive"),
+        ("DELETE", None),
+    ]
+    resource = eventually(
+        lambda: (
+            (r := get_exchange(kubectl, namespace, "fleet"))["status"]["workers"]["offline"] == 1
+            and r
+        ),
+        what="builder-2 offline in status",
+    )
+    assert resource["status"]["modules"][0] == {
+        **resource["status"]["modules"][0],
+        "hostname": "builder-2",
+        "state": "offline",
+    }
+    assert resource["status"]["workers"] == {"total": 4, "active": 3, "inactive": 0, "offline": 1}
+    assert (
+        condition(resource, "Ready")["status"] == "True"
+    )  # the fleet's health is not the monitor's
+    assert condition(resource, "WorkersHealthy")["reason"] == "WorkersOffline"
+    table = kubectl("get", "mx", "fleet", "-n", namespace).stdout.split("\n")
+    assert table[0].split()[:7] == [
+        "NAME",
+        "EXCHANGE",
+        "BROKER",
+        "READY",
+        "ACTIVE",
+        "INACTIVE",
+        "OFFLINE",
+    ]
+    assert table[1].split()[:7] == ["fleet", "901", "1", "True", "3", "0", "1"]
+
+    # The others stayed active the whole time: no write about them after registration.
+    assert writes_for(manager, exchange.exchange_id, "builder-1") == [("POST", "active")]
+
+    # builder-2 comes back.
+    workers.alive["builder-2"] = "builder"
+    eventually(
+        lambda: module_states(manager, exchange.exchange_id).get("builder-2") == "active",
+        what="builder-2 active again",
+    )
+    eventually(
+        lambda: get_exchange(kubectl, namespace, "fleet")["status"]["workers"]["active"] == 4,
+        what="builder-2 active again in status",
+    )
+    assert operator.metric("overseer_worker_transitions_total", state="offline") == 1
+
+
+def test_erlang_runtime_body_and_malformed_messages(
+    kubectl, namespace, manager, exchange, start_operator, erlang_status_body, amqp_url
+):
+    apply_exchange(kubectl, namespace, "wire", exchange)
+    operator = start_operator(namespace)
+    eventually(
+        lambda: condition(get_exchange(kubectl, namespace, "wire"), "Ready")["status"] == "True",
+        timeout=60,
+        what="Ready",
+    )
+
+    garbage = [
+        b"",
+        b"\x83garbage",
+        b"{not json",
+        b'{"event_type":"status"}',
+        b'{"event_type":"status","hostname":"bad host name"}',
+        b"\x00" * 10,
+    ]
+    other_event = encode_etf(
+        Heartbeat("ignored-1", "builder", "active", []), event_type="upgrade_request"
+    )
+    publish(amqp_url, exchange, *garbage, other_event, erlang_status_body)
+
+    eventually(
+        lambda: module_states(manager, exchange.exchange_id).get("007aaefbbcc9") == "active",
+        what="the Erlang-encoded worker in the Manager",
+    )
+    posted = [
+        r.json
+        for r in manager.module_writes(exchange.exchange_id)
+        if (r.json or {}).get("hostname") == "007aaefbbcc9"
+    ]
+    assert posted[0] == {
+        "hostname": "007aaefbbcc9",
+        "type": "builder",
+        "status": "active",
+        "workload": [{"description": "building workflow 123"}],
+    }
+    assert operator.metric("overseer_messages_rejected_total") == len(garbage)
+    assert operator.metric("overseer_messages_ignored_total", event_type="upgrade_request") == 1
+    assert "ignored-1" not in module_states(manager, exchange.exchange_id)
+    assert operator.alive()

@@ -1,0 +1,470 @@
+"""The fleet's health state machine, driven by a fake clock (and once by looptime)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from overseer_operator.fleet import Fleet, Thresholds, Transition, WorkerState
+from overseer_operator.heartbeat import Heartbeat
+
+ACTIVE, INACTIVE, OFFLINE = WorkerState.ACTIVE, WorkerState.INACTIVE, WorkerState.OFFLINE
+T0 = 1000.0
+DEFAULT = Thresholds(inactive_after=600, offline_after=1200, forget_after=3600)
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def beat(hostname: str, module_type: str = "builder", status: str = "active") -> Heartbeat:
+    return Heartbeat(hostname, module_type, status, [{"description": f"work of {hostname}"}])
+
+
+def moves(transitions: list[Transition]) -> list[tuple[str, WorkerState | None, WorkerState]]:
+    return [(t.hostname, t.previous, t.current) for t in transitions]
+
+
+def state(fleet: Fleet, hostname: str) -> WorkerState | None:
+    view = fleet.get(hostname)
+    return None if view is None else view.state
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fleet(clock: FakeClock) -> Fleet:
+    return Fleet(DEFAULT, clock)
+
+
+# Heartbeats and thresholds
+
+
+def test_a_new_worker_becomes_active(fleet: Fleet) -> None:
+    heartbeat = beat("w1")
+    transition = fleet.observe(heartbeat)
+    assert transition == Transition("w1", "builder", None, ACTIVE, heartbeat, T0, T0)
+    assert len(fleet) == 1
+    view = fleet.get("w1")
+    assert view is not None
+    assert (view.state, view.last_seen, view.last_heartbeat_at) == (ACTIVE, T0, T0)
+    assert view.workload == [{"description": "work of w1"}]
+
+
+def test_thresholds_fire_exactly(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    assert fleet.next_deadline() == T0 + 600
+    clock.advance(599)
+    assert fleet.sweep() == []
+    assert state(fleet, "w1") is ACTIVE
+
+    clock.advance(1)
+    [inactive] = fleet.sweep()
+    assert (inactive.previous, inactive.current, inactive.due_at, inactive.at) == (
+        ACTIVE, INACTIVE, T0 + 600, T0 + 600,
+    )  # fmt: skip
+    assert inactive.heartbeat == beat("w1")
+    assert state(fleet, "w1") is INACTIVE
+    assert fleet.next_deadline() == T0 + 1200
+
+    clock.advance(599)
+    assert fleet.sweep() == []
+    clock.advance(1)
+    assert moves(fleet.sweep()) == [("w1", INACTIVE, OFFLINE)]
+    assert state(fleet, "w1") is OFFLINE
+    assert fleet.sweep() == []
+
+
+def test_a_heartbeat_keeps_an_active_worker_active(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(500)
+    assert fleet.observe(beat("w1")) is None
+    assert fleet.next_deadline() == T0 + 500 + 600
+    clock.advance(599)
+    assert fleet.sweep() == []
+    clock.advance(1)
+    assert moves(fleet.sweep()) == [("w1", ACTIVE, INACTIVE)]
+
+
+def test_a_refreshed_worker_does_not_delay_a_silent_one(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("chatty"))
+    clock.advance(10)
+    fleet.observe(beat("silent"))
+    clock.advance(290)
+    fleet.observe(beat("chatty"))
+    assert fleet.next_deadline() == T0 + 610
+    clock.now = T0 + 610
+    assert moves(fleet.sweep()) == [("silent", ACTIVE, INACTIVE)]
+    assert fleet.next_deadline() == T0 + 900
+
+
+def test_a_changed_type_or_status_rewrites_an_active_worker(fleet: Fleet) -> None:
+    fleet.observe(beat("w1"))
+    assert fleet.observe(beat("w1")) is None
+    assert moves([fleet.observe(beat("w1", module_type="deployer"))]) == [("w1", ACTIVE, ACTIVE)]
+    assert moves([fleet.observe(beat("w1", "deployer", "draining"))]) == [("w1", ACTIVE, ACTIVE)]
+    view = fleet.get("w1")
+    assert view is not None
+    assert (view.module_type, view.status) == ("deployer", "draining")
+
+
+@pytest.mark.parametrize(("silence", "previous"), [(700, INACTIVE), (1300, OFFLINE)])
+def test_a_heartbeat_brings_a_worker_back(
+    fleet: Fleet, clock: FakeClock, silence: float, previous: WorkerState
+) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(silence)
+    fleet.sweep()
+    assert state(fleet, "w1") is previous
+
+    transition = fleet.observe(beat("w1"))
+    assert transition is not None
+    assert (transition.previous, transition.current) == (previous, ACTIVE)
+    assert transition.due_at == transition.at == clock.now
+    # The deadline it had before coming back is void: only a new silence counts.
+    assert fleet.next_deadline() == clock.now + 600
+    clock.advance(599)
+    assert fleet.sweep() == []
+    assert state(fleet, "w1") is ACTIVE
+    clock.advance(1)
+    assert moves(fleet.sweep()) == [("w1", ACTIVE, INACTIVE)]
+
+
+def test_a_long_silence_emits_inactive_then_offline(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(5000)
+    inactive, offline = fleet.sweep()
+    assert (inactive.previous, inactive.current, inactive.due_at) == (ACTIVE, INACTIVE, T0 + 600)
+    assert (offline.previous, offline.current, offline.due_at) == (INACTIVE, OFFLINE, T0 + 1200)
+    assert inactive.at == offline.at == T0 + 5000
+    assert inactive.lag == 4400
+
+
+def test_transitions_come_in_the_order_they_fell_due(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("a"))
+    clock.advance(10)
+    fleet.observe(beat("b"))
+    clock.advance(700)
+    fleet.observe(beat("c"))
+    clock.advance(1300)
+    transitions = fleet.sweep()
+    assert moves(transitions) == [
+        ("a", ACTIVE, INACTIVE),
+        ("b", ACTIVE, INACTIVE),
+        ("a", INACTIVE, OFFLINE),
+        ("b", INACTIVE, OFFLINE),
+        ("c", ACTIVE, INACTIVE),
+        ("c", INACTIVE, OFFLINE),
+    ]
+    due = [t.due_at for t in transitions]
+    assert due == sorted(due)
+
+
+def test_an_offline_worker_is_forgotten(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(1200)
+    fleet.sweep()
+    assert fleet.next_deadline() == T0 + 1200 + 3600
+    clock.advance(3599)
+    assert fleet.sweep() == []
+    assert state(fleet, "w1") is OFFLINE
+    clock.advance(1)
+    assert fleet.sweep() == []  # no transition: it just leaves the registry
+    assert fleet.get("w1") is None
+    assert len(fleet) == 0
+    assert fleet.next_deadline() is None
+    assert fleet.snapshot(10).counts == {ACTIVE: 0, INACTIVE: 0, OFFLINE: 0}
+
+
+def test_a_forgotten_worker_that_returns_is_new(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(10_000)
+    fleet.sweep()
+    assert moves([fleet.observe(beat("w1"))]) == [("w1", None, ACTIVE)]
+
+
+def test_thresholds_are_validated() -> None:
+    for inactive_after, offline_after in [(0, 10), (600, 600), (600, 300), (-1, 5)]:
+        with pytest.raises(ValueError):
+            Thresholds(inactive_after, offline_after)
+    with pytest.raises(ValueError):
+        Thresholds(1, 2, forget_after=-1)
+
+
+# Restart seeding
+
+
+def test_seeding_without_evidence_gives_a_full_threshold(fleet: Fleet, clock: FakeClock) -> None:
+    assert fleet.seed("w1", "builder", ACTIVE, None, [{"description": "old"}]) is None
+    assert fleet.seed("w2", "builder", ACTIVE, 599) is None  # not proof enough
+    for hostname in ("w1", "w2"):
+        view = fleet.get(hostname)
+        assert view is not None
+        assert (view.state, view.last_seen, view.last_heartbeat_at) == (ACTIVE, T0, None)
+    assert fleet.get("w1").workload == [{"description": "old"}]  # type: ignore[union-attr]
+    assert fleet.next_deadline() == T0 + 600
+    clock.advance(599)
+    assert fleet.sweep() == []
+    clock.advance(1)
+    [first, second] = fleet.sweep()
+    assert (first.hostname, first.current, first.heartbeat) == ("w1", INACTIVE, None)
+    assert (second.hostname, second.current) == ("w2", INACTIVE)
+
+
+def test_seeding_a_worker_proven_inactive(fleet: Fleet, clock: FakeClock) -> None:
+    transition = fleet.seed("w1", "builder", ACTIVE, 700)
+    assert transition == Transition("w1", "builder", ACTIVE, INACTIVE, None, T0 - 100, T0)
+    assert state(fleet, "w1") is INACTIVE
+    assert fleet.next_deadline() == T0 + 500  # offline once 1200 s of silence are proven
+    clock.advance(500)
+    assert moves(fleet.sweep()) == [("w1", INACTIVE, OFFLINE)]
+
+
+def test_seeding_a_worker_proven_offline(fleet: Fleet) -> None:
+    transition = fleet.seed("w1", "builder", ACTIVE, 1300)
+    assert transition == Transition("w1", "builder", ACTIVE, OFFLINE, None, T0 - 100, T0)
+    assert fleet.next_deadline() == T0 - 1300 + 1200 + 3600
+
+
+def test_seeding_owes_nothing_when_the_record_already_agrees(fleet: Fleet) -> None:
+    assert fleet.seed("w1", "builder", INACTIVE, 900) is None
+    assert fleet.seed("w2", "builder", OFFLINE, 1500) is None
+    assert (state(fleet, "w1"), state(fleet, "w2")) == (INACTIVE, OFFLINE)
+
+
+def test_seeding_a_record_shown_inactive_without_proof_makes_it_active(fleet: Fleet) -> None:
+    transition = fleet.seed("w1", "builder", INACTIVE, None)
+    assert transition is not None
+    assert (transition.previous, transition.current) == (INACTIVE, ACTIVE)
+
+
+def test_seeding_never_regresses_a_worker_already_heard(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(5)
+    assert fleet.seed("w1", "deployer", OFFLINE, 5000) is None
+    view = fleet.get("w1")
+    assert view is not None
+    assert (view.state, view.module_type, view.last_seen) == (ACTIVE, "builder", T0)
+
+
+def test_a_heartbeat_revives_a_seeded_worker(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.seed("w1", "builder", INACTIVE, 900)
+    transition = fleet.observe(beat("w1"))
+    assert transition is not None
+    assert (transition.previous, transition.current) == (INACTIVE, ACTIVE)
+    clock.advance(599)
+    assert fleet.sweep() == []  # the seeded offline deadline (T0 + 300) no longer applies
+
+
+# Broker outages
+
+
+def test_a_pause_flips_nobody_and_keeps_each_margin(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(500)
+    fleet.pause()
+    assert fleet.paused
+    assert fleet.next_deadline() is None
+    clock.advance(3000)
+    fleet.pause()  # idempotent: the pause still started at T0 + 500
+    assert fleet.sweep() == []
+    assert state(fleet, "w1") is ACTIVE
+
+    fleet.resume()
+    fleet.resume()  # idempotent
+    assert not fleet.paused
+    view = fleet.get("w1")
+    assert view is not None
+    assert (view.last_seen, view.last_heartbeat_at) == (T0 + 3000, T0)  # shifted; the real time
+    assert fleet.next_deadline() == T0 + 3600  # the 100 s it had left
+    clock.advance(99)
+    assert fleet.sweep() == []
+    clock.advance(1)
+    [transition] = fleet.sweep()
+    assert (transition.current, transition.due_at) == (INACTIVE, T0 + 3600)
+
+
+def test_a_pause_also_holds_inactive_workers(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(700)
+    fleet.sweep()
+    fleet.pause()
+    clock.advance(10_000)
+    fleet.resume()
+    assert fleet.next_deadline() == T0 + 1200 + 10_000
+    assert fleet.sweep() == []
+    assert state(fleet, "w1") is INACTIVE
+
+
+def test_a_heartbeat_during_a_pause_counts_from_the_resume(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    fleet.pause()
+    clock.advance(100)
+    fleet.observe(beat("w2"))
+    clock.advance(100)
+    fleet.resume()
+    assert fleet.next_deadline() == T0 + 200 + 600  # w1: its full margin was kept
+    assert fleet.get("w2").last_heartbeat_at == T0 + 100  # type: ignore[union-attr]
+    clock.advance(600)
+    assert moves(fleet.sweep()) == [("w1", ACTIVE, INACTIVE), ("w2", ACTIVE, INACTIVE)]
+
+
+# Threshold changes
+
+
+def test_shorter_thresholds_apply_at_once(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(700)
+    fleet.sweep()
+    fleet.observe(beat("w2"))
+    clock.advance(400)
+    fleet.set_thresholds(Thresholds(300, 800))
+    assert fleet.thresholds == Thresholds(300, 800)
+    assert moves(fleet.sweep()) == [("w1", INACTIVE, OFFLINE), ("w2", ACTIVE, INACTIVE)]
+    assert fleet.next_deadline() == T0 + 700 + 800
+
+
+def test_longer_thresholds_delay_but_revive_nobody(fleet: Fleet, clock: FakeClock) -> None:
+    fleet.observe(beat("w1"))
+    clock.advance(700)
+    fleet.sweep()
+    fleet.set_thresholds(Thresholds(900, 1800))
+    assert state(fleet, "w1") is INACTIVE
+    assert fleet.next_deadline() == T0 + 1800
+    clock.advance(1099)
+    assert fleet.sweep() == []
+    clock.advance(1)
+    assert moves(fleet.sweep()) == [("w1", INACTIVE, OFFLINE)]
+
+
+# Snapshots
+
+
+def test_snapshot_lists_the_worst_first_with_complete_counts(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    for hostname in ("off-old", "off-new", "act-old", "act-new"):
+        fleet.observe(beat(hostname))
+        clock.advance(1)
+    clock.now = T0 + 1201
+    fleet.observe(beat("in-old"))
+    clock.advance(1)
+    fleet.observe(beat("in-new"))
+    clock.advance(1)
+    fleet.seed("seeded", "builder", ACTIVE, None)
+    clock.now = T0 + 1801
+    fleet.observe(beat("act-old"))
+    clock.advance(1)
+    fleet.observe(beat("act-new"))
+    newest = clock.now
+    clock.advance(10)
+    fleet.sweep()
+
+    snapshot = fleet.snapshot(limit=4)
+    assert snapshot.counts == {ACTIVE: 2, INACTIVE: 3, OFFLINE: 2}
+    assert snapshot.total == 7
+    assert snapshot.last_heartbeat_at == newest
+    assert [(w.hostname, w.state) for w in snapshot.workers] == [
+        ("off-old", OFFLINE),
+        ("off-new", OFFLINE),
+        ("in-old", INACTIVE),
+        ("in-new", INACTIVE),
+    ]
+    full = fleet.snapshot(limit=100)
+    assert [w.hostname for w in full.workers][4:] == ["seeded", "act-old", "act-new"]
+    assert fleet.snapshot(limit=0).workers == []
+
+
+def test_an_empty_fleet_has_no_deadline_and_no_heartbeat(fleet: Fleet) -> None:
+    assert fleet.next_deadline() is None
+    assert fleet.sweep() == []
+    snapshot = fleet.snapshot(10)
+    assert (snapshot.total, snapshot.last_heartbeat_at, snapshot.workers) == (0, None, [])
+
+
+# Cost at scale
+
+
+class OperationCounter:
+    """Counts Python-level events (calls and executed lines) in every frame while active."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def _trace(self, frame: FrameType, event: str, arg: Any) -> Any:
+        self.events += 1
+        return self._trace
+
+    def __enter__(self) -> OperationCounter:
+        self._previous = sys.gettrace()
+        sys.settrace(self._trace)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.settrace(self._previous)
+
+
+def sweep_costs(workers: int) -> tuple[int, int, int, int]:
+    """Per-heartbeat cost, and the cost of sweeps with nothing and with ten workers due."""
+    clock = FakeClock()
+    fleet = Fleet(DEFAULT, clock)
+    beats = [beat(f"worker-{index}") for index in range(workers)]
+    for heartbeat in beats:  # they join 10 ms apart
+        fleet.observe(heartbeat)
+        clock.advance(0.01)
+    clock.now = T0 + 300
+    with OperationCounter() as per_beat:
+        for heartbeat in beats:
+            fleet.observe(heartbeat)
+            clock.advance(0.01)
+    clock.now = T0 + 301 + workers * 0.01
+    with OperationCounter() as idle:
+        assert fleet.sweep() == []
+    clock.now = T0 + 900 + 0.095  # worker-0 .. worker-9 refreshed 600 s ago or more
+    with OperationCounter() as due:
+        transitions = fleet.sweep()
+    assert [t.hostname for t in transitions] == [f"worker-{index}" for index in range(10)]
+    return per_beat.events // workers, idle.events, due.events, len(fleet)
+
+
+def test_heartbeats_and_sweeps_cost_the_same_for_any_fleet_size() -> None:
+    small = sweep_costs(100)
+    large = sweep_costs(10_000)
+    assert large[3] == 10_000
+    assert large[:3] == small[:3]  # no part of the work grows with the fleet
+    per_beat, idle, due, _ = large
+    assert per_beat < 60
+    assert idle < 60
+    assert due < 100 * 10
+
+
+# Loop time
+
+
+@pytest.mark.looptime
+async def test_thresholds_fire_on_time_in_a_monitor_loop() -> None:
+    loop = asyncio.get_running_loop()
+    fleet = Fleet(Thresholds(600, 1200, forget_after=600), loop.time)
+    start = loop.time()
+    fleet.observe(beat("w1"))
+    fired: list[tuple[WorkerState, float]] = []
+    while (deadline := fleet.next_deadline()) is not None:
+        await asyncio.sleep(deadline - loop.time())
+        fired.extend((t.current, loop.time() - start) for t in fleet.sweep())
+    assert fired == [(INACTIVE, 600), (OFFLINE, 1200)]
+    assert loop.time() - start == 1800  # then it was forgotten
+    assert len(fleet) == 0
