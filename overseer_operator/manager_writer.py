@@ -85,8 +85,11 @@ class ManagerWriter:
     def pending(self) -> int:
         return sum(len(owed.operations) for owed in self._owed.values())
 
-    def apply(self, transition: Transition) -> None:
-        """Owe the Manager whatever this transition changes."""
+    def apply(self, transition: Transition, workload: list[Any] | None = None) -> None:
+        """Owe the Manager whatever this transition changes.
+
+        ``workload`` is the worker's last known one, for transitions no heartbeat came with.
+        """
         operation = _OPERATION_FOR_STATE[transition.current]
         owed = self._owed.get(transition.hostname)
         if owed is None:
@@ -94,6 +97,8 @@ class ManagerWriter:
         owed.module_type = transition.module_type
         if transition.heartbeat is not None:
             owed.workload = list(transition.heartbeat.workload)
+        elif workload is not None:
+            owed.workload = list(workload)
         if operation is Operation.ACTIVE:
             owed.operations.clear()
         if not owed.operations or owed.operations[-1] is not operation:

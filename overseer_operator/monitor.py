@@ -39,7 +39,12 @@ from overseer_operator.events import EventRecorder
 from overseer_operator.fleet import Fleet, Thresholds, Transition, WorkerState
 from overseer_operator.heartbeat import Heartbeat, MessageRejected, decode_message
 from overseer_operator.kube import KubeApi
-from overseer_operator.manager_client import ManagerClient, ManagerError, ManagerUnauthorized
+from overseer_operator.manager_client import (
+    ManagerClient,
+    ManagerError,
+    ManagerUnauthorized,
+    ModuleRecord,
+)
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.ratelimit import RateLimiter
 from overseer_operator.registration import heartbeat_interval, own_heartbeat, publish_own_heartbeats
@@ -48,7 +53,7 @@ from overseer_operator.status import MODULES_LIMIT, StatusWriter, render_status
 logger = logging.getLogger(__name__)
 
 STATUS_REFRESH_INTERVAL = 60.0
-CONFIG_RETRY_INTERVAL = 30.0
+CONFIG_RETRY_INTERVAL = 10.0
 SHUTDOWN_WRITE_TIMEOUT = 5.0
 
 _BROKER_REASONS = {
@@ -98,7 +103,8 @@ class ExchangeMonitor:
         self.writer: ManagerWriter | None = None
         self.spec: ExchangeSpec | None = None
         self._observed_generation: int | None = None
-        self._config_error: ConfigError | None = None
+        self._spec_error: ConfigError | None = None
+        self._connection_error: ConfigError | None = None
         self._broker: BrokerStatus | None = None
         self._manager: tuple[bool, Reason, str] | None = None
         self._reject_log = RateLimiter(5, 60.0, self._loop.time)
@@ -121,20 +127,17 @@ class ExchangeMonitor:
             while not stopped:
                 generation = self._body["metadata"].get("generation")
                 spec = self._apply_spec(generation)
-                if spec is None:
-                    await self._wait_for_change(stopped, generation, retry_after=None)
-                    continue
-                if session is None or session.spec.connection_fields != spec.connection_fields:
-                    if session is not None:
-                        await session.close()
-                    session = await self._open_session(spec)
-                if session is None:  # a Secret or a setting is missing: retry, it may appear
-                    await self._wait_for_change(
-                        stopped, generation, retry_after=CONFIG_RETRY_INTERVAL
-                    )
-                    continue
-                session.spec = spec
-                await self._wait_for_change(stopped, generation, retry_after=None)
+                if spec is not None and (
+                    session is None
+                    or session.spec.connection_fields != spec.connection_fields
+                    or self._credentials_refused()
+                ):
+                    session = await self._renew_session(session, spec)
+                if session is not None and spec is not None:
+                    session.spec = spec
+                # Re-read Secrets every so often while they are missing or refused: they may be
+                # created or rotated, which changes no generation.
+                await self._wait_for_change(stopped, generation, retry_after=CONFIG_RETRY_INTERVAL)
         finally:
             if session is not None:
                 if _stopped_because_deleted(stopped):
@@ -157,7 +160,7 @@ class ExchangeMonitor:
         try:
             spec = parse_spec(self._body.get("spec") or {})
         except ConfigError as error:
-            self._set_config_error(error)
+            self._set_spec_error(error)
             return None
         if self.spec is None or spec.thresholds != self.spec.thresholds:
             self.fleet.set_thresholds(spec.thresholds)
@@ -165,17 +168,35 @@ class ExchangeMonitor:
         if self.writer is not None:
             self.writer.refresh_interval = spec.refresh_interval
         self.spec = spec
-        self._set_config_error(None)
+        self._set_spec_error(None)
         return spec
 
-    async def _open_session(self, spec: ExchangeSpec) -> Session | None:
+    def _credentials_refused(self) -> bool:
+        manager_refused = (
+            self._manager is not None and self._manager[1] is Reason.MANAGER_UNAUTHORIZED
+        )
+        broker_refused = self._broker is not None and self._broker.state is BrokerState.INVALID_URL
+        return self._connection_error is not None or manager_refused or broker_refused
+
+    async def _renew_session(self, session: Session | None, spec: ExchangeSpec) -> Session | None:
+        """The session for ``spec``: the current one if nothing it uses changed, else a new one."""
         try:
             connections = await resolve_connections(spec, self.environment, self._read_secret)
         except ConfigError as error:
-            self._set_config_error(error)
-            return None
+            self._connection_error = error
+            self._refresh_conditions()
+            return session  # keep what works (if anything) until the configuration is fixed
+        self._connection_error = None
+        self._refresh_conditions()
+        if (
+            session is not None
+            and session.connections == connections
+            and session.spec.connection_fields == spec.connection_fields
+        ):
+            return session
+        if session is not None:
+            await session.close()
         client = ManagerClient(connections.manager)
-        await client.__aenter__()
         if self.writer is None:
             self.writer = ManagerWriter(
                 client,
@@ -187,6 +208,7 @@ class ExchangeMonitor:
             )
         else:
             self.writer.client = client
+        self._manager = None  # the new credentials have not been judged yet
         session = Session(self, spec, connections, client)
         session.start()
         return session
@@ -210,60 +232,71 @@ class ExchangeMonitor:
     # --- seeding (restart safety) ----------------------------------------------------------
 
     def _seed_from_status(self, status: Mapping[str, Any]) -> None:
-        """Workers the previous operator reported: their heartbeat time may lag by one refresh."""
+        """Workers the previous operator reported; their times may lag by one status refresh.
+
+        The status says nothing certain about the Manager, so only what the evidence proves
+        stale is owed to it (a DELETE that finds nothing is harmless); the Manager's own list,
+        read next, settles the rest.
+        """
         now = datetime.now(UTC)
         for module in status.get("modules") or ():
+            hostname, seen = module.get("hostname"), parse_time(module.get("lastHeartbeatTime"))
+            if not isinstance(hostname, str) or seen is None:
+                continue
             try:
                 state = WorkerState(module.get("state"))
             except ValueError:
                 continue
-            seen = parse_time(module.get("lastHeartbeatTime"))
-            silent_for = None if seen is None else _age(now, seen) - STATUS_REFRESH_INTERVAL
-            self._seed(module.get("hostname"), module.get("type") or "unknown", state, silent_for)
+            silent_for = max(0.0, _age(now, seen) - STATUS_REFRESH_INTERVAL)
+            transition = self.fleet.seed(
+                hostname, module.get("type") or "unknown", state, silent_for
+            )
+            if transition is not None and transition.current is not WorkerState.ACTIVE:
+                self._dispatch(transition)
+        self._sweep_wake.set()
 
-    def seed_from_manager(self, modules: list[Any], spec: ExchangeSpec) -> None:
+    def seed_from_manager(self, modules: list[ModuleRecord], spec: ExchangeSpec) -> None:
         """Workers the Manager lists: ``updated_at`` bounds how long each has been silent.
 
         An active row may be one refresh interval older than its last heartbeat; an inactive row
-        was written once its worker had already been silent for ``inactiveAfter``.
+        was written once its worker had already been silent for ``inactiveAfter``. A worker the
+        fleet already knows (from a heartbeat or the status) is reconciled with its row instead.
         """
         now = datetime.now(UTC)
         for module in modules:
-            state = WorkerState.INACTIVE if module.status == "inactive" else WorkerState.ACTIVE
+            shown = WorkerState.INACTIVE if module.status == "inactive" else WorkerState.ACTIVE
             silent_for = None
             if module.updated_at is not None:
                 age = _age(now, module.updated_at)
-                silent_for = (
+                silent_for = max(
+                    0.0,
                     age + spec.thresholds.inactive_after
-                    if state is WorkerState.INACTIVE
-                    else age - spec.refresh_interval
+                    if shown is WorkerState.INACTIVE
+                    else age - spec.refresh_interval,
                 )
-            self._seed(module.hostname, module.type, state, silent_for, module.workload)
-            if state is WorkerState.ACTIVE and self.writer is not None:
-                worker = self.fleet.get(module.hostname)
-                if worker is not None and worker.state is WorkerState.ACTIVE:
-                    self.writer.mark_written(module.hostname)
+            known = self.fleet.get(module.hostname)
+            if known is None:
+                transition = self.fleet.seed(
+                    module.hostname, module.type, shown, silent_for, workload=module.workload or []
+                )
+                known = self.fleet.get(module.hostname)
+            elif known.state is not shown:
+                transition = Transition(
+                    module.hostname,
+                    known.module_type,
+                    shown,
+                    known.state,
+                    None,
+                    self._loop.time(),
+                    self._loop.time(),
+                )
+            else:
+                transition = None
+            if transition is not None:
+                self._dispatch(transition)
+            elif known is not None and known.state is WorkerState.ACTIVE and self.writer:
+                self.writer.mark_written(module.hostname)
         self.seeded_from_manager = True
-
-    def _seed(
-        self,
-        hostname: Any,
-        module_type: str,
-        state: WorkerState,
-        silent_for: float | None,
-        workload: list[Any] | None = None,
-    ) -> None:
-        if not isinstance(hostname, str) or not hostname:
-            return
-        transition = self.fleet.seed(
-            hostname,
-            module_type,
-            state,
-            None if silent_for is None else max(0.0, silent_for),
-            workload=workload or [],
-        )
-        if transition is not None:
-            self._dispatch(transition)
         self._sweep_wake.set()
 
     # --- the heartbeat path ----------------------------------------------------------------
@@ -310,7 +343,8 @@ class ExchangeMonitor:
                 transition.current.value,
             )
         if self.writer is not None:
-            self.writer.apply(transition)
+            known = self.fleet.get(transition.hostname)
+            self.writer.apply(transition, workload=known.workload if known else None)
         self.events.record(transition)
         self._refresh_conditions()
         self.status_writer.mark_dirty()
@@ -333,12 +367,12 @@ class ExchangeMonitor:
 
     # --- conditions --------------------------------------------------------------------------
 
-    def _set_config_error(self, error: ConfigError | None) -> None:
+    def _set_spec_error(self, error: ConfigError | None) -> None:
         if error is not None and (
-            self._config_error is None or error.message != self._config_error.message
+            self._spec_error is None or error.message != self._spec_error.message
         ):
             logger.error("%s/%s: %s", *self._labels, error.message)
-        self._config_error = error
+        self._spec_error = error
         self._refresh_conditions()
 
     def set_broker_status(self, status: BrokerStatus) -> None:
@@ -360,7 +394,7 @@ class ExchangeMonitor:
 
     def _refresh_conditions(self) -> None:
         changed = False
-        config_error = self._config_error
+        config_error = self._spec_error or self._connection_error
         broker, manager = self._broker, self._manager
 
         if broker is None:
@@ -444,7 +478,7 @@ class Session:
     ) -> None:
         self.monitor = monitor
         self.spec = spec
-        self._connections = connections
+        self.connections = connections
         self._client = client
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: HeartbeatConsumer | None = None
@@ -467,8 +501,8 @@ class Session:
 
     async def _connect(self) -> None:
         monitor, spec = self.monitor, self.spec
-        if self._connections.amqp_url is not None:
-            urls = [self._connections.amqp_url]
+        if self.connections.amqp_url is not None:
+            urls = [self.connections.amqp_url]
         else:
             urls = await self._from_manager(
                 lambda: resolve_broker_urls(self._client, spec.broker_id),
@@ -480,7 +514,7 @@ class Session:
             spec.prefetch,
             monitor.handle_message,
             monitor.set_broker_status,
-            ssl_context=amqp_ssl_context(self._connections.amqp_ca_data),
+            ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
             connection_name=f"overseer-operator {monitor.namespace}/{monitor.name}",
         )
         logger.info(
@@ -547,7 +581,7 @@ class Session:
         if self._consumer is not None:
             await self._consumer.aclose()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.__aexit__(None, None, None), SHUTDOWN_WRITE_TIMEOUT)
+            await asyncio.wait_for(self._client.aclose(), SHUTDOWN_WRITE_TIMEOUT)
 
 
 def _age(now: datetime, moment: datetime) -> float:

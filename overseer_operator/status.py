@@ -46,7 +46,12 @@ def render_status(
                 "hostname": worker.hostname,
                 "type": worker.module_type,
                 "state": worker.state.value,
-                "lastHeartbeatTime": wall(worker.last_seen),
+                # The real receive time; a worker only seeded from before a restart has none.
+                "lastHeartbeatTime": wall(
+                    worker.last_heartbeat_at
+                    if worker.last_heartbeat_at is not None
+                    else worker.last_seen
+                ),
             }
             for worker in snapshot.workers
         ],

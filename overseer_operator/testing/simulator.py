@@ -66,8 +66,11 @@ async def publish_heartbeats(
         )
 
 
-async def simulate(options: argparse.Namespace, stop: asyncio.Event) -> None:
-    """Publish rounds of heartbeats until ``stop`` is set or ``--count`` rounds are done."""
+async def simulate(options: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Publish rounds of heartbeats until ``stop`` is set or ``--count`` rounds are done.
+
+    Returns how many publications failed (they are logged per round, and the rounds go on).
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
     workers = [
@@ -81,7 +84,7 @@ async def simulate(options: argparse.Namespace, stop: asyncio.Event) -> None:
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         target = await _exchange(channel, options.exchange, declare=options.declare_exchange)
-        rounds = 0
+        rounds = failed = 0
         while not stop.is_set() and (options.count is None or rounds < options.count):
             elapsed = loop.time() - started
             beating = [
@@ -95,8 +98,9 @@ async def simulate(options: argparse.Namespace, stop: asyncio.Event) -> None:
             )
             failures = [result for result in results if isinstance(result, BaseException)]
             rounds += 1
+            failed += len(failures)
             logger.info(
-                "round %d at %.0fs: %d of %d workers beat%s",
+                "round %d at %.1fs: %d of %d workers beat%s",
                 rounds,
                 elapsed,
                 len(beating) - len(failures),
@@ -107,6 +111,7 @@ async def simulate(options: argparse.Namespace, stop: asyncio.Event) -> None:
                 break
             with contextlib.suppress(TimeoutError):  # the interval passed: next round
                 await asyncio.wait_for(stop.wait(), options.interval)
+    return failed
 
 
 async def _exchange(channel: AbstractChannel, name: str, *, declare: bool) -> AbstractExchange:
@@ -194,19 +199,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return options
 
 
-async def _main(options: argparse.Namespace) -> None:
+async def _main(options: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await simulate(options, stop)
+    return await simulate(options, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator; the exit status is 1 if any heartbeat could not be published."""
     options = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    asyncio.run(_main(options))
-    return 0
+    return 1 if asyncio.run(_main(options)) else 0
 
 
 if __name__ == "__main__":

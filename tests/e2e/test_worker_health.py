@@ -32,8 +32,8 @@ def writes_for(manager, exchange_id: str, hostname: str) -> list[tuple[str, str 
     for request in manager.module_writes(exchange_id):
         if request.method == "DELETE" and request.path.endswith(f"/{hostname}"):
             result.append(("DELETE", None))
-        elif request.method == "POST" and (request.json or {}).get("hostname") == hostname:
-            result.append(("POST", request.json.get("status")))
+        elif request.method == "POST" and (request.body or {}).get("hostname") == hostname:
+            result.append(("POST", request.body.get("status")))
     return result
 
 
@@ -163,7 +163,7 @@ def test_erlang_runtime_body_and_malformed_messages(
     posted = [
         r.json
         for r in manager.module_writes(exchange.exchange_id)
-        if (r.json or {}).get("hostname") == "007aaefbbcc9"
+        if (r.body or {}).get("hostname") == "007aaefbbcc9"
     ]
     assert posted[0] == {
         "hostname": "007aaefbbcc9",

@@ -1,0 +1,202 @@
+"""End to end: the life of a MessagingExchange — configuration errors, spec changes, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from overseer_operator.heartbeat import Heartbeat, encode_json
+from tests.fixtures.manager import CLIENT_SECRET
+from tests.fixtures.operator import (
+    _provision,
+    _unprovision,
+    apply_exchange,
+    condition,
+    eventually,
+    get_exchange,
+    publish,
+)
+
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
+
+
+def ready(kubectl, namespace: str, name: str) -> dict:
+    resource = get_exchange(kubectl, namespace, name)
+    return condition(resource, "Ready") or {}
+
+
+def consumers(rabbitmq_api, queue: str) -> int:
+    return rabbitmq_api.queue(queue)["consumers"]
+
+
+def create_secret(kubectl, namespace: str, name: str, **data: str) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(secret))
+
+
+def test_delete_stops_the_monitor_and_releases_the_resource(
+    kubectl, namespace, manager, exchange, start_operator, rabbitmq_api
+):
+    apply_exchange(kubectl, namespace, "doomed", exchange)
+    start_operator(namespace)
+    eventually(
+        lambda: ready(kubectl, namespace, "doomed").get("status") == "True",
+        timeout=60,
+        what="Ready",
+    )
+    eventually(lambda: consumers(rabbitmq_api, exchange.queue) == 1, what="one consumer")
+    resource = get_exchange(kubectl, namespace, "doomed")
+    assert "overseer.openaperture.io/monitor" in resource["metadata"]["finalizers"]
+
+    kubectl("delete", "mx", "doomed", "-n", namespace, "--timeout=40s")  # waits for finalizers
+
+    assert kubectl("get", "mx", "-n", namespace, "-o", "name").stdout.strip() == ""
+    eventually(
+        lambda: consumers(rabbitmq_api, exchange.queue) == 0, timeout=10, what="the consumer gone"
+    )
+    hostnames = {row["hostname"] for row in manager.modules(exchange.exchange_id)}
+    assert "overseer-e2e" not in hostnames  # the operator took its own registration out
+
+
+def test_spec_changes_apply_without_a_restart(
+    kubectl, namespace, manager, exchange, start_operator, rabbitmq_api, amqp_url
+):
+    apply_exchange(
+        kubectl,
+        namespace,
+        "tuned",
+        exchange,
+        thresholds={"inactiveAfter": "1h", "offlineAfter": "2h"},
+    )
+    operator = start_operator(namespace)
+    eventually(
+        lambda: ready(kubectl, namespace, "tuned").get("status") == "True", timeout=60, what="Ready"
+    )
+    publish(amqp_url, exchange, encode_json(Heartbeat("lonely-1", "builder", "active", [])))
+    eventually(
+        lambda: any(row["hostname"] == "lonely-1" for row in manager.modules(exchange.exchange_id)),
+        what="registered",
+    )
+
+    # Shorter thresholds: the silent worker is inactive within seconds, no restart needed.
+    kubectl(
+        "patch",
+        "mx",
+        "tuned",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"thresholds": {"inactiveAfter": "2s", "offlineAfter": "1h"}}}),
+    )
+    eventually(
+        lambda: (
+            {row["hostname"]: row["status"] for row in manager.modules(exchange.exchange_id)}.get(
+                "lonely-1"
+            )
+            == "inactive"
+        ),
+        timeout=20,
+        what="lonely-1 inactive after the threshold change",
+    )
+    resource = get_exchange(kubectl, namespace, "tuned")
+    eventually(
+        lambda: (
+            get_exchange(kubectl, namespace, "tuned")["status"]["observedGeneration"]
+            == resource["metadata"]["generation"]
+        ),
+        what="observedGeneration",
+    )
+
+    # A new queue: the monitor reconnects and consumes it instead of the old one.
+    moved = type(exchange)(
+        exchange.exchange_id,
+        exchange.broker_id,
+        exchange.root_exchange_name,
+        exchange.routing_key,
+        f"{exchange.queue}.v2",
+    )
+    asyncio.run(_provision(amqp_url, moved))
+    try:
+        kubectl(
+            "patch",
+            "mx",
+            "tuned",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"queues": {"systemModules": moved.queue}}}),
+        )
+        eventually(
+            lambda: consumers(rabbitmq_api, moved.queue) == 1,
+            timeout=30,
+            what="a consumer on the new queue",
+        )
+        eventually(lambda: consumers(rabbitmq_api, exchange.queue) == 0, what="old queue left")
+        publish(amqp_url, moved, encode_json(Heartbeat("mover-1", "deployer", "active", [])))
+        eventually(
+            lambda: any(
+                row["hostname"] == "mover-1" for row in manager.modules(exchange.exchange_id)
+            ),
+            what="a heartbeat from the new queue",
+        )
+        assert operator.alive()
+    finally:
+        asyncio.run(_unprovision(amqp_url, moved))
+
+
+def test_missing_secret_and_refused_credentials_show_as_conditions(
+    kubectl, namespace, manager, exchange, start_operator
+):
+    apply_exchange(
+        kubectl,
+        namespace,
+        "creds",
+        exchange,
+        manager={
+            "url": manager.url,
+            "oauth": {
+                "loginUrl": manager.login_url,
+                "clientId": "overseer-tests",
+                "clientSecretRef": {"name": "manager-oauth", "key": "clientSecret"},
+            },
+        },
+    )
+    start_operator(namespace)
+    missing = eventually(
+        lambda: (c := ready(kubectl, namespace, "creds")).get("reason") == "SecretNotFound" and c,
+        timeout=60,
+        what="SecretNotFound",
+    )
+    assert missing["status"] == "False"
+    assert "manager-oauth" in missing["message"]
+    stalled = condition(get_exchange(kubectl, namespace, "creds"), "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "SecretNotFound")
+
+    create_secret(kubectl, namespace, "manager-oauth", clientSecret="not-the-secret")
+    refused = eventually(
+        lambda: (
+            (c := ready(kubectl, namespace, "creds")).get("reason") == "ManagerUnauthorized" and c
+        ),
+        timeout=60,
+        what="ManagerUnauthorized",
+    )
+    assert "not-the-secret" not in json.dumps(get_exchange(kubectl, namespace, "creds"))
+
+    create_secret(kubectl, namespace, "manager-oauth", clientSecret=CLIENT_SECRET)
+    eventually(
+        lambda: ready(kubectl, namespace, "creds").get("status") == "True",
+        timeout=90,
+        what="Ready once the right secret is in place",
+    )
+    assert refused["status"] == "False"
+    assert condition(get_exchange(kubectl, namespace, "creds"), "Stalled")["status"] == "False"

@@ -1,0 +1,144 @@
+"""The Manager writer against the Manager emulator (a real HTTP server): order, coalescing,
+refresh, and no transition lost to a Manager outage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from overseer_operator.conditions import Reason
+from overseer_operator.fleet import Transition, WorkerState
+from overseer_operator.heartbeat import Heartbeat
+from overseer_operator.manager_client import ManagerClient, ManagerSettings
+from overseer_operator.manager_writer import ManagerWriter
+from overseer_operator.testing.manager_emulator import ManagerEmulator
+from tests.fixtures.manager import EXCHANGE_ID
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def transition(hostname: str, previous: WorkerState | None, current: WorkerState) -> Transition:
+    beat = Heartbeat(hostname, "builder", "active", [{"description": "job"}])
+    return Transition(hostname, "builder", previous, current, beat, 0.0, 0.0)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def health() -> list[tuple[bool, Reason, str]]:
+    return []
+
+
+@pytest.fixture
+async def writer(
+    manager_settings: ManagerSettings, clock: Clock, health: list
+) -> AsyncIterator[ManagerWriter]:
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    async with ManagerClient(settings) as client:
+        writer = ManagerWriter(
+            client, EXCHANGE_ID, 300.0, clock, lambda *h: health.append(h), ("ns", "mx"),
+            max_backoff=0.05,
+        )
+        task = asyncio.create_task(writer.run())
+        yield writer
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def settled(writer: ManagerWriter) -> None:
+    """Poll (the writer has no "idle" event to wait on) until nothing is owed any more."""
+    async with asyncio.timeout(10):
+        while writer.pending:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+
+def writes(emulator: ManagerEmulator) -> list[tuple[str, str, str | None]]:
+    result = []
+    for request in emulator.module_writes(EXCHANGE_ID):
+        if request.method == "DELETE":
+            result.append(("DELETE", request.path.rsplit("/", 1)[1], None))
+        else:
+            result.append(("POST", request.body["hostname"], request.body["status"]))
+    return result
+
+
+async def test_transitions_become_the_legacy_calls_in_order(writer, manager_emulator):
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    await settled(writer)
+    writer.apply(transition("w1", WorkerState.ACTIVE, WorkerState.INACTIVE))
+    writer.apply(transition("w1", WorkerState.INACTIVE, WorkerState.OFFLINE))
+    await settled(writer)
+    assert writes(manager_emulator) == [
+        ("POST", "w1", "active"), ("POST", "w1", "inactive"), ("DELETE", "w1", None)]
+    assert manager_emulator.modules(EXCHANGE_ID) == []
+    posted = manager_emulator.module_writes(EXCHANGE_ID)[0].body
+    assert posted == {"hostname": "w1", "type": "builder", "status": "active",
+                      "workload": [{"description": "job"}]}
+
+
+async def test_a_returning_worker_replaces_what_was_still_owed(writer, manager_emulator):
+    manager_emulator.set_unavailable(True)
+    writer.apply(transition("w1", WorkerState.ACTIVE, WorkerState.INACTIVE))
+    writer.apply(transition("w1", WorkerState.INACTIVE, WorkerState.OFFLINE))
+    writer.apply(transition("w1", WorkerState.OFFLINE, WorkerState.ACTIVE))
+    assert writer.pending == 1
+    manager_emulator.set_unavailable(False)
+    await settled(writer)
+    assert writes(manager_emulator)[-1:] == [("POST", "w1", "active")]
+    assert [row["status"] for row in manager_emulator.modules(EXCHANGE_ID)] == ["active"]
+
+
+async def test_a_manager_outage_loses_nothing_and_is_reported(writer, manager_emulator, health):
+    manager_emulator.set_unavailable(True)
+    for index in range(5):
+        writer.apply(transition(f"w{index}", None, WorkerState.ACTIVE))
+    writer.apply(transition("w0", WorkerState.ACTIVE, WorkerState.INACTIVE))
+    await asyncio.sleep(0.3)
+    assert writer.pending == 6
+    assert health and health[-1][0] is False and health[-1][1] is Reason.MANAGER_UNREACHABLE
+    manager_emulator.set_unavailable(False)
+    await settled(writer)
+    states = {row["hostname"]: row["status"] for row in manager_emulator.modules(EXCHANGE_ID)}
+    assert states == {"w0": "inactive", "w1": "active", "w2": "active", "w3": "active",
+                      "w4": "active"}
+    assert health[-1][:2] == (True, Reason.SYNCED)
+
+
+async def test_refresh_only_after_the_interval(writer, manager_emulator, clock):
+    beat = Heartbeat("w1", "builder", "active", [])
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    await settled(writer)
+    for _ in range(10):  # a steady worker: no write per heartbeat
+        clock.now += 30
+        writer.observe_heartbeat(beat)
+    await settled(writer)
+    assert len(writes(manager_emulator)) == 2  # registration + one refresh at 300 s
+    writer.refresh_interval = 0.0  # the legacy behaviour: every heartbeat
+    for _ in range(3):
+        writer.observe_heartbeat(beat)
+        await settled(writer)
+    assert len(writes(manager_emulator)) == 5
+
+
+async def test_a_record_the_manager_refuses_is_dropped_not_retried_forever(
+    writer, manager_emulator
+):
+    manager_emulator.fail_next(1, status=400, method="POST", path_prefix="/messaging")
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    writer.apply(transition("w2", None, WorkerState.ACTIVE))
+    await settled(writer)
+    assert [row["hostname"] for row in manager_emulator.modules(EXCHANGE_ID)] in (["w1"], ["w2"])
