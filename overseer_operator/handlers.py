@@ -15,10 +15,13 @@ import kopf
 from overseer_operator.config import DEFAULT_QUEUE, OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
+from overseer_operator.oauth import TokenCache
 
 PREFIX = "overseer.openaperture.io"
-# Daemons get this long to close their connections after being asked to stop, then are cancelled.
-CANCELLATION_TIMEOUT = 20.0
+# A stopping monitor gets this long to close its connections by itself (kopf's "backoff")...
+GRACEFUL_STOP = 15.0
+# ...then it is cancelled, and abandoned (its finalizer released) if still not done after this.
+FORCED_STOP = 10.0
 
 
 @kopf.on.startup()
@@ -33,6 +36,7 @@ async def configure(
     memo.environment = OperatorEnvironment.from_environ()
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
+    memo.token_cache = TokenCache()
     await seed_legacy_exchange(memo.kube, memo.environment, logger)
 
 
@@ -41,7 +45,14 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.aclose()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="monitor", cancellation_timeout=CANCELLATION_TIMEOUT)
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="monitor",
+    cancellation_backoff=GRACEFUL_STOP,
+    cancellation_timeout=FORCED_STOP,
+)
 async def monitor_exchange(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
@@ -50,7 +61,7 @@ async def monitor_exchange(
     name: str,
     **_: Any,
 ) -> None:
-    monitor = ExchangeMonitor(body, memo.environment, memo.kube)
+    monitor = ExchangeMonitor(body, memo.environment, memo.kube, memo.token_cache)
     memo.monitors[namespace, name] = monitor
     try:
         await monitor.run(stopped)

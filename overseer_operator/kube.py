@@ -97,7 +97,7 @@ class KubeApi:
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, RuntimeError) as error:  # RuntimeError: closed at shutdown
             raise KubeApiError(f"{method} {url}: {type(error).__name__}: {error}") from error
         if response.is_error:
             message = response.json().get("message", "") if _is_json(response) else response.text

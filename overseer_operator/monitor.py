@@ -46,6 +46,7 @@ from overseer_operator.manager_client import (
     ModuleRecord,
 )
 from overseer_operator.manager_writer import ManagerWriter
+from overseer_operator.oauth import TokenCache
 from overseer_operator.ratelimit import RateLimiter
 from overseer_operator.registration import heartbeat_interval, own_heartbeat, publish_own_heartbeats
 from overseer_operator.status import MODULES_LIMIT, StatusWriter, render_status
@@ -78,6 +79,7 @@ class ExchangeMonitor:
         body: Any,
         environment: OperatorEnvironment,
         kube: KubeApi,
+        token_cache: TokenCache | None = None,
     ) -> None:
         self._body = body  # kopf's live view: spec and generation change under our feet
         self.namespace: str = body["metadata"]["namespace"]
@@ -85,6 +87,7 @@ class ExchangeMonitor:
         self._labels = (self.namespace, self.name)
         self.environment = environment
         self._kube = kube
+        self._token_cache = token_cache  # exchanges with the same credentials share one token
         self._loop = asyncio.get_running_loop()
         self.fleet = Fleet(Thresholds(600.0, 1200.0), self._loop.time)
         self.conditions = ConditionSet()
@@ -196,7 +199,7 @@ class ExchangeMonitor:
             return session
         if session is not None:
             await session.close()
-        client = ManagerClient(connections.manager)
+        client = ManagerClient(connections.manager, token_cache=self._token_cache)
         if self.writer is None:
             self.writer = ManagerWriter(
                 client,

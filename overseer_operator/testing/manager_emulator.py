@@ -850,7 +850,7 @@ def _broker_spec(spec: str) -> list[str]:
     return _fields(spec, 2, 3)
 
 
-def parse_broker_connection(spec: str) -> tuple[str, str, str, str, int | None, str]:
+def _broker_connection_spec(spec: str) -> tuple[str, str, str, str, int | None, str]:
     """``BROKER_ID:amqp://user:pass@host:port/vhost`` → add_broker_connection arguments."""
     broker_id, _, url = spec.partition(":")
     parts = urlsplit(url)
@@ -889,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--broker-connection",
-        type=parse_broker_connection,
+        type=_broker_connection_spec,
         action="append",
         default=[],
         metavar="BROKER_ID:amqp://user:pass@host:port/vhost",

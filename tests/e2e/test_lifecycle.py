@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
@@ -11,12 +10,11 @@ import pytest
 from overseer_operator.heartbeat import Heartbeat, encode_json
 from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import (
-    _provision,
-    _unprovision,
     apply_exchange,
     condition,
     eventually,
     get_exchange,
+    provision,
     publish,
 )
 
@@ -29,7 +27,7 @@ def ready(kubectl, namespace: str, name: str) -> dict:
 
 
 def consumers(rabbitmq_api, queue: str) -> int:
-    return rabbitmq_api.queue(queue)["consumers"]
+    return rabbitmq_api.queue(queue).get("consumers", 0)  # absent until stats are collected
 
 
 def create_secret(kubectl, namespace: str, name: str, **data: str) -> None:
@@ -124,7 +122,7 @@ def test_spec_changes_apply_without_a_restart(
         exchange.routing_key,
         f"{exchange.queue}.v2",
     )
-    asyncio.run(_provision(amqp_url, moved))
+    provision(rabbitmq_api, moved)
     try:
         kubectl(
             "patch",
@@ -151,7 +149,7 @@ def test_spec_changes_apply_without_a_restart(
         )
         assert operator.alive()
     finally:
-        asyncio.run(_unprovision(amqp_url, moved))
+        rabbitmq_api.delete_queue(moved.queue)
 
 
 def test_missing_secret_and_refused_credentials_show_as_conditions(

@@ -161,7 +161,7 @@ def test_erlang_runtime_body_and_malformed_messages(
         what="the Erlang-encoded worker in the Manager",
     )
     posted = [
-        r.json
+        r.body
         for r in manager.module_writes(exchange.exchange_id)
         if (r.body or {}).get("hostname") == "007aaefbbcc9"
     ]
