@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 30
 CONNECT_TIMEOUT = 10.0
+RESTORE_GRACE = 3.0
 
 
 class BrokerState(StrEnum):
@@ -166,9 +167,10 @@ class HeartbeatConsumer:
                 self._report(
                     BrokerState.UNREACHABLE, f"connection to {describe_url(url)} lost; reconnecting"
                 )
-                next_verify = loop.time()  # verify the consumer as soon as it is back
+                # Once it is back, give aio-pika's own restore a moment, then check its work.
+                next_verify = loop.time() + RESTORE_GRACE
                 continue
-            if not self.consuming or loop.time() >= next_verify:
+            if loop.time() >= next_verify:
                 next_verify = loop.time() + self._verify_interval
                 try:
                     await self._verify_consumer()

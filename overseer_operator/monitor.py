@@ -504,6 +504,11 @@ class Session:
 
     async def _connect(self) -> None:
         monitor, spec = self.monitor, self.spec
+        # Seed before consuming, so that workers the Manager already lists as active are not
+        # written again on their first heartbeat; a Manager that is down must not hold up
+        # consumption, so seeding then goes on in the background.
+        if not monitor.seeded_from_manager and not await self._seed_once():
+            self._spawn(self._seed_until_done(), "seed")
         if self.connections.amqp_url is not None:
             urls = [self.connections.amqp_url]
         else:
@@ -528,11 +533,6 @@ class Session:
             ", ".join(describe_url(url) for url in urls),
         )
         self._spawn(self._consumer.run(), "consumer")
-        if not monitor.seeded_from_manager:
-            modules = await self._from_manager(
-                lambda: self._client.list_modules(spec.exchange_id), "list the exchange's modules"
-            )
-            monitor.seed_from_manager(modules, spec)
         identity = own_heartbeat(monitor.environment.identity, spec.module_type)
         monitor.handle_registration(identity)
         exchange = await self._from_manager(
@@ -545,6 +545,20 @@ class Session:
             identity,
             lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
         )
+
+    async def _seed_once(self) -> bool:
+        try:
+            modules = await self._client.list_modules(self.spec.exchange_id)
+        except ManagerError:
+            return False  # reported by _seed_until_done, which retries
+        self.monitor.seed_from_manager(modules, self.spec)
+        return True
+
+    async def _seed_until_done(self) -> None:
+        modules = await self._from_manager(
+            lambda: self._client.list_modules(self.spec.exchange_id), "list the exchange's modules"
+        )
+        self.monitor.seed_from_manager(modules, self.spec)
 
     async def _from_manager(self, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
         """Retry a Manager read until it succeeds, reporting failures through ManagerSynced."""

@@ -74,6 +74,13 @@ def running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def finished_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def live_processes() -> list[str]:
     table = subprocess.run(
         ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
@@ -81,7 +88,9 @@ def live_processes() -> list[str]:
     return [line.split(None, 1)[-1] for line in table.splitlines() if not line.startswith("Z")]
 
 
-def test_up_reuses_env_evaluates_and_down_leaves_nothing(private_env: dict[str, str]) -> None:
+def test_up_reuses_env_evaluates_holds_and_down_leaves_nothing(
+    private_env: dict[str, str],
+) -> None:
     env = private_env
     state = Path(env["OVERSEER_TESTBED_DIR"])
 
@@ -127,12 +136,21 @@ def test_up_reuses_env_evaluates_and_down_leaves_nothing(private_env: dict[str, 
     assert readyz == "ok"  # over TLS, verified against the test bed's CA
     assert "insecure-skip-tls-verify" not in Path(kubeconfig).read_text()
 
-    down = run_private(env, "down")
+    # A session that started the test bed leaves it up while another live process holds it.
+    ours = str(os.getpid())
+    assert run_private(env, "hold", ours).returncode == 0
+    kept = run_private(env, "release", str(finished_pid()), "--down")
+    assert kept.returncode == 0, kept.stderr
+    assert f"process {ours} still holds it" in kept.stderr
+    assert recorded_pids(state) == pids
+    assert all(running(pid) for pid in pids.values())
+
+    down = run_private(env, "release", ours, "--down")
     assert down.returncode == 0, down.stderr
     assert not any(running(pid) for pid in pids.values())
     assert [args for args in live_processes() if str(state) in args] == []
     epmd_port = env["TESTBED_EPMD_PORT"]
-    assert [args for args in live_processes() if "epmd" in args and epmd_port in args] == []
+    assert [args for args in live_processes() if f"epmd -port {epmd_port}" in args] == []
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(epmd_port)), timeout=2).close()
     assert list((state / "pids").iterdir()) == []
