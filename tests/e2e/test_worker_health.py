@@ -6,6 +6,8 @@ minutes; the fast tier (tests/unit/test_fleet.py) covers the real values under l
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from overseer_operator.heartbeat import Heartbeat, encode_etf
@@ -175,3 +177,32 @@ def test_erlang_runtime_body_and_malformed_messages(
     assert operator.metric("overseer_messages_ignored_total", event_type="upgrade_request") == 1
     assert "ignored-1" not in module_states(manager, exchange.exchange_id)
     assert operator.alive()
+
+
+def test_a_steady_fleet_costs_no_manager_write_and_at_most_one_status_patch(
+    kubectl, namespace, manager, exchange, workers, start_operator
+):
+    apply_exchange(kubectl, namespace, "steady", exchange)  # default refreshInterval: 5m
+    workers.alive.update({f"steady-{index}": "builder" for index in range(20)})
+    operator = start_operator(namespace)
+    eventually(
+        lambda: len(manager.modules(exchange.exchange_id)) == 21,
+        timeout=60,
+        what="20 workers and the operator registered",
+    )
+    eventually(
+        lambda: get_exchange(kubectl, namespace, "steady")["status"]["workers"]["active"] == 21,
+        what="status counts",
+    )
+    time.sleep(2)  # the coalesced status patch for the last registrations
+    manager_writes = len(manager.module_writes(exchange.exchange_id))
+    status_patches = operator.metric("overseer_kubernetes_writes_total", kind="status")
+    heartbeats = operator.metric("overseer_heartbeats_received_total")
+
+    beats = workers.beats
+    eventually(lambda: workers.beats >= beats + 10, timeout=30, what="10 more rounds")
+
+    assert operator.metric("overseer_heartbeats_received_total") - heartbeats >= 180
+    assert len(manager.module_writes(exchange.exchange_id)) == manager_writes
+    # Heartbeat times alone are refreshed at most once a minute.
+    assert operator.metric("overseer_kubernetes_writes_total", kind="status") - status_patches <= 1
