@@ -5,7 +5,7 @@ workers beating every 30 s (real heartbeats through RabbitMQ), the Manager emula
 For each ``manager.refreshInterval`` (``0s`` is the legacy Overseer: one POST per heartbeat, the
 baseline), it waits until every worker is registered, then counts writes over a window.
 
-    .venv/bin/python benchmarks/steady_fleet.py [--workers 100] [--window 60]
+    .venv/bin/python -m benchmarks.steady_fleet [--workers 100] [--window 60]
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import asyncio
 import json
 import os
 import secrets
-import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,8 @@ import aio_pika
 import httpx
 
 from overseer_operator.testing.manager_emulator import ManagerEmulator
+from tests.fixtures.operator import free_port
+from tests.fixtures.testbed import parse_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,19 +35,7 @@ def testbed_env() -> dict[str, str]:
     printed = subprocess.run(
         [str(REPO / "scripts" / "testbed"), "env"], capture_output=True, text=True, check=True
     ).stdout
-    variables = {}
-    for line in printed.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export":
-            name, _, value = words[1].partition("=")
-            variables[name] = value
-    return variables
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return parse_env(printed)
 
 
 async def provision(amqp_url: str, root: str, queue: str, key: str) -> None:

@@ -57,7 +57,7 @@ class _Owed:
 class ManagerWriter:
     def __init__(
         self,
-        client: ManagerClient,
+        client: ManagerClient | None,
         exchange_id: str,
         refresh_interval: float,
         clock: Callable[[], float],
@@ -134,6 +134,8 @@ class ManagerWriter:
         return None
 
     async def run(self) -> None:
+        """Write what is owed, with ``client``, until cancelled."""
+        assert self.client is not None, "a session gives the writer its client before running it"
         await asyncio.gather(*(self._work() for _ in range(self._concurrency)))
 
     async def _work(self) -> None:
@@ -187,6 +189,7 @@ class ManagerWriter:
             )
 
     async def _call(self, hostname: str, owed: _Owed, operation: Operation) -> None:
+        assert self.client is not None
         if operation is Operation.DELETE:
             await self.client.delete_module(self._exchange_id, hostname)
         else:

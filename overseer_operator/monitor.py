@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from overseer_operator import metrics
+from overseer_operator import metrics, seeding
 from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
 from overseer_operator.conditions import (
     CONFIGURATION_REASONS,
     ConditionSet,
     ConditionType,
     Reason,
-    parse_time,
 )
 from overseer_operator.config import (
     ConfigError,
@@ -103,7 +102,15 @@ class ExchangeMonitor:
             kube,
             {"namespace": self.namespace, "name": self.name, "uid": body["metadata"].get("uid")},
         )
-        self.writer: ManagerWriter | None = None
+        # Owed Manager writes accumulate here from the start; a session gives it a client.
+        self.writer = ManagerWriter(
+            None,
+            str((body.get("spec") or {}).get("exchangeId", "")),
+            300.0,
+            self._loop.time,
+            self.set_manager_health,
+            self._labels,
+        )
         self.spec: ExchangeSpec | None = None
         self._observed_generation: int | None = None
         self._spec_error: ConfigError | None = None
@@ -168,8 +175,7 @@ class ExchangeMonitor:
         if self.spec is None or spec.thresholds != self.spec.thresholds:
             self.fleet.set_thresholds(spec.thresholds)
             self._sweep_wake.set()
-        if self.writer is not None:
-            self.writer.refresh_interval = spec.refresh_interval
+        self.writer.refresh_interval = spec.refresh_interval
         self.spec = spec
         self._set_spec_error(None)
         return spec
@@ -200,17 +206,7 @@ class ExchangeMonitor:
         if session is not None:
             await session.close()
         client = ManagerClient(connections.manager, token_cache=self._token_cache)
-        if self.writer is None:
-            self.writer = ManagerWriter(
-                client,
-                spec.exchange_id,
-                spec.refresh_interval,
-                self._loop.time,
-                self.set_manager_health,
-                self._labels,
-            )
-        else:
-            self.writer.client = client
+        self.writer.client = client
         self._manager = None  # the new credentials have not been judged yet
         session = Session(self, spec, connections, client)
         session.start()
@@ -235,7 +231,7 @@ class ExchangeMonitor:
     # --- seeding (restart safety) ----------------------------------------------------------
 
     def _seed_from_status(self, status: Mapping[str, Any]) -> None:
-        """Workers the previous operator reported; their times may lag by one status refresh.
+        """Workers the previous operator reported (see ``seeding``).
 
         The status says nothing certain about the Manager, so only what the evidence proves
         stale is owed to it (a DELETE that finds nothing is harmless); the Manager's own list,
@@ -243,62 +239,44 @@ class ExchangeMonitor:
         """
         now = datetime.now(UTC)
         for module in status.get("modules") or ():
-            hostname, seen = module.get("hostname"), parse_time(module.get("lastHeartbeatTime"))
-            if not isinstance(hostname, str) or seen is None:
+            evidence = seeding.from_status_module(module, now, STATUS_REFRESH_INTERVAL)
+            if evidence is None:
                 continue
-            try:
-                state = WorkerState(module.get("state"))
-            except ValueError:
-                continue
-            silent_for = max(0.0, _age(now, seen) - STATUS_REFRESH_INTERVAL)
             transition = self.fleet.seed(
-                hostname, module.get("type") or "unknown", state, silent_for
+                evidence.hostname, evidence.module_type, evidence.shown, evidence.silent_for
             )
             if transition is not None and transition.current is not WorkerState.ACTIVE:
                 self._dispatch(transition)
         self._sweep_wake.set()
 
-    def seed_from_manager(self, modules: list[ModuleRecord], spec: ExchangeSpec) -> None:
-        """Workers the Manager lists: ``updated_at`` bounds how long each has been silent.
-
-        An active row may be one refresh interval older than its last heartbeat; an inactive row
-        was written once its worker had already been silent for ``inactiveAfter``. A worker the
-        fleet already knows (from a heartbeat or the status) is reconciled with its row instead.
-        """
+    def seed_from_manager(self, rows: list[ModuleRecord], spec: ExchangeSpec) -> None:
+        """Workers the Manager lists (see ``seeding``); a worker the fleet already knows, from a
+        heartbeat or the status, is reconciled with its row instead."""
         now = datetime.now(UTC)
-        for module in modules:
-            shown = WorkerState.INACTIVE if module.status == "inactive" else WorkerState.ACTIVE
-            silent_for = None
-            if module.updated_at is not None:
-                age = _age(now, module.updated_at)
-                silent_for = max(
-                    0.0,
-                    age + spec.thresholds.inactive_after
-                    if shown is WorkerState.INACTIVE
-                    else age - spec.refresh_interval,
-                )
-            known = self.fleet.get(module.hostname)
+        inactive_after = spec.thresholds.inactive_after
+        for row in rows:
+            evidence = seeding.from_manager_row(row, now, inactive_after, spec.refresh_interval)
+            known = self.fleet.get(evidence.hostname)
             if known is None:
                 transition = self.fleet.seed(
-                    module.hostname, module.type, shown, silent_for, workload=module.workload or []
+                    evidence.hostname,
+                    evidence.module_type,
+                    evidence.shown,
+                    evidence.silent_for,
+                    workload=evidence.workload,
                 )
-                known = self.fleet.get(module.hostname)
-            elif known.state is not shown:
+                known = self.fleet.get(evidence.hostname)
+            elif known.state is not evidence.shown:
+                at = self._loop.time()
                 transition = Transition(
-                    module.hostname,
-                    known.module_type,
-                    shown,
-                    known.state,
-                    None,
-                    self._loop.time(),
-                    self._loop.time(),
+                    evidence.hostname, known.module_type, evidence.shown, known.state, None, at, at
                 )
             else:
                 transition = None
             if transition is not None:
                 self._dispatch(transition)
-            elif known is not None and known.state is WorkerState.ACTIVE and self.writer:
-                self.writer.mark_written(module.hostname)
+            elif known is not None and known.state is WorkerState.ACTIVE:
+                self.writer.mark_written(evidence.hostname)
         self.seeded_from_manager = True
         self._sweep_wake.set()
 
@@ -321,7 +299,7 @@ class ExchangeMonitor:
         if transition is not None:
             self._dispatch(transition)
             self._sweep_wake.set()
-        elif self.writer is not None:
+        else:
             self.writer.observe_heartbeat(decoded.heartbeat)
 
     def handle_registration(self, heartbeat: Heartbeat) -> None:
@@ -345,9 +323,8 @@ class ExchangeMonitor:
                 transition.previous and transition.previous.value,
                 transition.current.value,
             )
-        if self.writer is not None:
-            known = self.fleet.get(transition.hostname)
-            self.writer.apply(transition, workload=known.workload if known else None)
+        known = self.fleet.get(transition.hostname)
+        self.writer.apply(transition, workload=known.workload if known else None)
         self.events.record(transition)
         self._refresh_conditions()
         self.status_writer.mark_dirty()
@@ -487,7 +464,6 @@ class Session:
         self._consumer: HeartbeatConsumer | None = None
 
     def start(self) -> None:
-        assert self.monitor.writer is not None
         self._spawn(self.monitor.writer.run(), "manager-writer")
         self._spawn(self._connect(), "session")
 
@@ -575,7 +551,7 @@ class Session:
                     False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}"
                 )
             else:
-                if self.monitor.writer is not None and not self.monitor.writer.pending:
+                if not self.monitor.writer.pending:
                     self.monitor.set_manager_health(True, Reason.SYNCED, "the Manager is reachable")
                 return result
             await asyncio.sleep(delay)
@@ -599,12 +575,6 @@ class Session:
             await self._consumer.aclose()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.aclose(), SHUTDOWN_WRITE_TIMEOUT)
-
-
-def _age(now: datetime, moment: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (now - moment) / timedelta(seconds=1)
 
 
 def _stopped_because_deleted(stopped: Stopped) -> bool:

@@ -14,6 +14,7 @@ from tests.fixtures.operator import (
     condition,
     eventually,
     get_exchange,
+    patch_spec,
     provision,
     publish,
 )
@@ -85,15 +86,8 @@ def test_spec_changes_apply_without_a_restart(
     )
 
     # Shorter thresholds: the silent worker is inactive within seconds, no restart needed.
-    kubectl(
-        "patch",
-        "mx",
-        "tuned",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"thresholds": {"inactiveAfter": "2s", "offlineAfter": "1h"}}}),
+    patch_spec(
+        kubectl, namespace, "tuned", thresholds={"inactiveAfter": "2s", "offlineAfter": "1h"}
     )
     eventually(
         lambda: (
@@ -124,16 +118,7 @@ def test_spec_changes_apply_without_a_restart(
     )
     provision(rabbitmq_api, moved)
     try:
-        kubectl(
-            "patch",
-            "mx",
-            "tuned",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            json.dumps({"spec": {"queues": {"systemModules": moved.queue}}}),
-        )
+        patch_spec(kubectl, namespace, "tuned", queues={"systemModules": moved.queue})
         eventually(
             lambda: consumers(rabbitmq_api, moved.queue) == 1,
             timeout=30,

@@ -11,21 +11,11 @@ import pytest
 
 from overseer_operator.fleet import Fleet, Thresholds, Transition, WorkerState
 from overseer_operator.heartbeat import Heartbeat
+from tests.fakes import FakeClock
 
 ACTIVE, INACTIVE, OFFLINE = WorkerState.ACTIVE, WorkerState.INACTIVE, WorkerState.OFFLINE
 T0 = 1000.0
 DEFAULT = Thresholds(inactive_after=600, offline_after=1200, forget_after=3600)
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def beat(hostname: str, module_type: str = "builder", status: str = "active") -> Heartbeat:
@@ -43,7 +33,7 @@ def state(fleet: Fleet, hostname: str) -> WorkerState | None:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture
@@ -420,7 +410,7 @@ class OperationCounter:
 
 def sweep_costs(workers: int) -> tuple[int, int, int, int]:
     """Per-heartbeat cost, and the cost of sweeps with nothing and with ten workers due."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     fleet = Fleet(DEFAULT, clock)
     beats = [beat(f"worker-{index}") for index in range(workers)]
     for heartbeat in beats:  # they join 10 ms apart

@@ -26,24 +26,10 @@ from overseer_operator.manager_client import (
     parse_manager_timestamp,
 )
 from overseer_operator.testing.manager_emulator import ManagerEmulator
+from tests.fakes import FakeClock, Sleeps
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET, EXCHANGE_ID
 
 MODULES = f"/messaging/exchanges/{EXCHANGE_ID}/modules"
-
-
-class Sleeps(list[float]):
-    """Records the backoff delays instead of waiting them out."""
-
-    async def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

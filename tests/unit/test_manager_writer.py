@@ -15,15 +15,8 @@ from overseer_operator.heartbeat import Heartbeat
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.testing.manager_emulator import ManagerEmulator
+from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def transition(hostname: str, previous: WorkerState | None, current: WorkerState) -> Transition:
@@ -32,8 +25,8 @@ def transition(hostname: str, previous: WorkerState | None, current: WorkerState
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -43,12 +36,17 @@ def health() -> list[tuple[bool, Reason, str]]:
 
 @pytest.fixture
 async def writer(
-    manager_settings: ManagerSettings, clock: Clock, health: list
+    manager_settings: ManagerSettings, clock: FakeClock, health: list
 ) -> AsyncIterator[ManagerWriter]:
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     async with ManagerClient(settings) as client:
         writer = ManagerWriter(
-            client, EXCHANGE_ID, 300.0, clock, lambda *h: health.append(h), ("ns", "mx"),
+            client,
+            EXCHANGE_ID,
+            300.0,
+            clock,
+            lambda *h: health.append(h),
+            ("ns", "mx"),
             max_backoff=0.05,
         )
         task = asyncio.create_task(writer.run())
@@ -83,11 +81,18 @@ async def test_transitions_become_the_legacy_calls_in_order(writer, manager_emul
     writer.apply(transition("w1", WorkerState.INACTIVE, WorkerState.OFFLINE))
     await settled(writer)
     assert writes(manager_emulator) == [
-        ("POST", "w1", "active"), ("POST", "w1", "inactive"), ("DELETE", "w1", None)]
+        ("POST", "w1", "active"),
+        ("POST", "w1", "inactive"),
+        ("DELETE", "w1", None),
+    ]
     assert manager_emulator.modules(EXCHANGE_ID) == []
     posted = manager_emulator.module_writes(EXCHANGE_ID)[0].body
-    assert posted == {"hostname": "w1", "type": "builder", "status": "active",
-                      "workload": [{"description": "job"}]}
+    assert posted == {
+        "hostname": "w1",
+        "type": "builder",
+        "status": "active",
+        "workload": [{"description": "job"}],
+    }
 
 
 async def test_a_returning_worker_replaces_what_was_still_owed(writer, manager_emulator):
@@ -113,8 +118,13 @@ async def test_a_manager_outage_loses_nothing_and_is_reported(writer, manager_em
     manager_emulator.set_unavailable(False)
     await settled(writer)
     states = {row["hostname"]: row["status"] for row in manager_emulator.modules(EXCHANGE_ID)}
-    assert states == {"w0": "inactive", "w1": "active", "w2": "active", "w3": "active",
-                      "w4": "active"}
+    assert states == {
+        "w0": "inactive",
+        "w1": "active",
+        "w2": "active",
+        "w3": "active",
+        "w4": "active",
+    }
     assert health[-1][:2] == (True, Reason.SYNCED)
 
 

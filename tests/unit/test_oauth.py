@@ -16,15 +16,8 @@ from overseer_operator.oauth import (
     TokenSource,
 )
 from overseer_operator.testing.manager_emulator import ManagerEmulator
+from tests.fakes import FakeClock
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -1,0 +1,66 @@
+"""Restart evidence: how long a worker has *provably* been silent, from what outlived the operator.
+
+After a restart the fleet is rebuilt from two records, each a lower bound on a worker's silence:
+
+- the resource's status, whose ``lastHeartbeatTime`` may lag the real last heartbeat by one status
+  refresh interval;
+- the Manager's module rows, whose ``updated_at`` is reset by every POST: an ``active`` row may be
+  one ``refreshInterval`` older than its worker's last heartbeat, while an ``inactive`` row was
+  written when its worker had already been silent for ``inactiveAfter``.
+
+Pure functions of their inputs and ``now``; the fleet applies the rule "no proof, full threshold".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from overseer_operator.conditions import parse_time
+from overseer_operator.fleet import WorkerState
+from overseer_operator.manager_client import ModuleRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    hostname: str
+    module_type: str
+    shown: WorkerState  # the state the record shows
+    silent_for: float | None  # a lower bound, in seconds; None: no proof at all
+    workload: list[Any] = field(default_factory=list)
+
+
+def seconds_since(moment: datetime, now: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (now - moment) / timedelta(seconds=1)
+
+
+def from_status_module(
+    module: Mapping[str, Any], now: datetime, status_refresh_interval: float
+) -> Evidence | None:
+    """One ``status.modules[]`` entry; None if it is not usable (no hostname, time or state)."""
+    hostname, seen = module.get("hostname"), parse_time(module.get("lastHeartbeatTime"))
+    if not isinstance(hostname, str) or not hostname or seen is None:
+        return None
+    try:
+        shown = WorkerState(module.get("state"))
+    except ValueError:
+        return None
+    silent_for = max(0.0, seconds_since(seen, now) - status_refresh_interval)
+    return Evidence(hostname, module.get("type") or "unknown", shown, silent_for)
+
+
+def from_manager_row(
+    row: ModuleRecord, now: datetime, inactive_after: float, refresh_interval: float
+) -> Evidence:
+    """One Manager module row; rows other than ``inactive`` count as active, as the legacy did."""
+    shown = WorkerState.INACTIVE if row.status == "inactive" else WorkerState.ACTIVE
+    silent_for = None
+    if row.updated_at is not None:
+        age = seconds_since(row.updated_at, now)
+        bound = age + inactive_after if shown is WorkerState.INACTIVE else age - refresh_interval
+        silent_for = max(0.0, bound)
+    return Evidence(row.hostname, row.type, shown, silent_for, list(row.workload or []))

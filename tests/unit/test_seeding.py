@@ -1,0 +1,89 @@
+"""Restart evidence: lower bounds of silence from the status and the Manager's rows, and what
+the fleet makes of them with the production thresholds (10 and 20 minutes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from overseer_operator.fleet import Fleet, Thresholds, WorkerState
+from overseer_operator.manager_client import ModuleRecord
+from overseer_operator.seeding import from_manager_row, from_status_module
+from tests.fakes import FakeClock
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+MINUTE = 60.0
+PRODUCTION = Thresholds(10 * MINUTE, 20 * MINUTE)
+REFRESH = 5 * MINUTE
+
+
+def row(status: str, minutes_ago: float | None, hostname: str = "w1") -> ModuleRecord:
+    updated = None if minutes_ago is None else NOW - timedelta(minutes=minutes_ago)
+    return ModuleRecord(hostname, "builder", status, [{"description": "job"}], updated)
+
+
+def seeded_state(silent_for: float | None, shown: WorkerState) -> WorkerState | None:
+    fleet = Fleet(PRODUCTION, FakeClock(1000.0))
+    fleet.seed("w1", "builder", shown, silent_for)
+    view = fleet.get("w1")
+    return None if view is None else view.state
+
+
+@pytest.mark.parametrize(
+    ("status", "minutes_ago", "expected"),
+    [
+        # An active row may be one refresh interval (5 min) behind its last heartbeat.
+        ("active", 14, WorkerState.ACTIVE),  # 14 - 5 = 9 < 10: no proof, a full threshold
+        ("active", 16, WorkerState.INACTIVE),  # 16 - 5 = 11 >= 10
+        ("active", 26, WorkerState.OFFLINE),  # 26 - 5 = 21 >= 20
+        # An inactive row was written once the worker had been silent for 10 minutes already.
+        ("inactive", 0, WorkerState.INACTIVE),  # 0 + 10
+        ("inactive", 9, WorkerState.INACTIVE),  # 9 + 10 = 19 < 20
+        ("inactive", 11, WorkerState.OFFLINE),  # 11 + 10 = 21
+        # No updated_at: no proof.
+        ("active", None, WorkerState.ACTIVE),
+    ],
+)
+def test_manager_rows_prove_only_what_they_can(status, minutes_ago, expected):
+    evidence = from_manager_row(row(status, minutes_ago), NOW, PRODUCTION.inactive_after, REFRESH)
+    assert evidence.shown is (WorkerState.INACTIVE if status == "inactive" else WorkerState.ACTIVE)
+    assert evidence.workload == [{"description": "job"}]
+    assert seeded_state(evidence.silent_for, evidence.shown) is expected
+
+
+def test_with_the_legacy_refresh_every_heartbeat_an_active_row_is_exact():
+    evidence = from_manager_row(row("active", 11), NOW, PRODUCTION.inactive_after, 0.0)
+    assert evidence.silent_for == pytest.approx(11 * MINUTE)
+
+
+def test_a_row_from_the_future_proves_nothing():
+    evidence = from_manager_row(row("active", -3), NOW, PRODUCTION.inactive_after, REFRESH)
+    assert evidence.silent_for == 0.0
+    assert seeded_state(evidence.silent_for, evidence.shown) is WorkerState.ACTIVE
+
+
+def status_module(**fields) -> dict:
+    return {"hostname": "w1", "type": "deployer", "state": "active", **fields}
+
+
+def test_status_times_lag_by_one_status_refresh():
+    seen = (NOW - timedelta(minutes=11)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    evidence = from_status_module(status_module(lastHeartbeatTime=seen), NOW, 60.0)
+    assert evidence is not None
+    assert (evidence.hostname, evidence.module_type) == ("w1", "deployer")
+    assert evidence.silent_for == pytest.approx(10 * MINUTE)
+    assert seeded_state(evidence.silent_for, evidence.shown) is WorkerState.INACTIVE
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        status_module(),  # no time: nothing to prove with
+        status_module(lastHeartbeatTime="yesterday"),
+        status_module(lastHeartbeatTime="2026-11-27T11:00:00Z", state="sleepy"),
+        {"lastHeartbeatTime": "2026-11-27T11:00:00Z", "state": "active"},
+    ],
+)
+def test_unusable_status_entries_are_skipped(module):
+    assert from_status_module(module, NOW, 60.0) is None
