@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from overseer_operator.conditions import CONFIGURATION_REASONS
+from overseer_operator.testing.manager_emulator import ManagerEmulator
 from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import Exchange, Workers, apply_exchange, condition, eventually
 
@@ -327,6 +328,7 @@ def test_the_operator_runs_with_exactly_the_granted_permissions(
     kubectl: Kubectl,
     namespace: str,
     exchange: Exchange,
+    manager: ManagerEmulator,
     workers: Workers,
     start_operator: Callable[..., Any],
     operator_kubeconfig: Path,
@@ -351,6 +353,8 @@ def test_the_operator_runs_with_exactly_the_granted_permissions(
     )
     seeded = f"exchange-{seed_id}"
     try:
+        # What a user (or Flux's kstatus) waits on.
+        kubectl("wait", "--for=condition=Ready", "mx/rbac", "-n", namespace, "--timeout=90s")
 
         def ready() -> bool:
             resource = json.loads(
@@ -361,6 +365,12 @@ def test_the_operator_runs_with_exactly_the_granted_permissions(
             return resource["status"]["workers"]["active"] >= 1
 
         eventually(ready, timeout=90, what="the exchange to become Ready as the ServiceAccount")
+        registered = {"hostname": "builder-rbac", "status": "active"}
+        eventually(
+            lambda: any(row.items() >= registered.items()
+                        for row in manager.modules(exchange.exchange_id)),
+            timeout=30, what="the worker registered in the Manager",
+        )  # fmt: skip
         eventually(
             lambda: "WorkerActive" in kubectl("get", "events", "-n", namespace).stdout,
             timeout=30, what="the operator's WorkerActive event",
