@@ -181,11 +181,15 @@ class ExchangeMonitor:
         return spec
 
     def _credentials_refused(self) -> bool:
+        """Whether the Secrets should be read again: missing, refused, or possibly rotated."""
         manager_refused = (
             self._manager is not None and self._manager[1] is Reason.MANAGER_UNAUTHORIZED
         )
-        broker_refused = self._broker is not None and self._broker.state is BrokerState.INVALID_URL
-        return self._connection_error is not None or manager_refused or broker_refused
+        broker_failing = self._broker is not None and self._broker.state in (
+            BrokerState.INVALID_URL,
+            BrokerState.UNREACHABLE,  # a rotated password in urlSecretRef looks like this
+        )
+        return self._connection_error is not None or manager_refused or broker_failing
 
     async def _renew_session(self, session: Session | None, spec: ExchangeSpec) -> Session | None:
         """The session for ``spec``: the current one if nothing it uses changed, else a new one."""
