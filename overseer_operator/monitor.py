@@ -12,42 +12,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from overseer_operator import metrics, seeding
-from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
-from overseer_operator.conditions import (
-    CONFIGURATION_REASONS,
-    ConditionSet,
-    ConditionType,
-    Reason,
-)
+from overseer_operator.conditions import ConditionSet, ConditionType, Reason
 from overseer_operator.config import (
     ConfigError,
-    Connections,
     ExchangeSpec,
     OperatorEnvironment,
     SecretKeyRef,
     parse_spec,
     resolve_connections,
 )
-from overseer_operator.consumer import BrokerState, BrokerStatus, HeartbeatConsumer, describe_url
+from overseer_operator.consumer import BrokerState, BrokerStatus
 from overseer_operator.events import EventRecorder
 from overseer_operator.fleet import Fleet, Thresholds, Transition, WorkerState
 from overseer_operator.heartbeat import Heartbeat, MessageRejected, decode_message
 from overseer_operator.kube import KubeApi
-from overseer_operator.manager_client import (
-    ManagerClient,
-    ManagerError,
-    ManagerUnauthorized,
-    ModuleRecord,
-)
+from overseer_operator.manager_client import ManagerClient, ModuleRecord
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.oauth import TokenCache
 from overseer_operator.ratelimit import RateLimiter
-from overseer_operator.registration import heartbeat_interval, own_heartbeat, publish_own_heartbeats
+from overseer_operator.readiness import MonitorView, derive_conditions
+from overseer_operator.session import Session
 from overseer_operator.status import MODULES_LIMIT, StatusWriter, render_status
 
 logger = logging.getLogger(__name__)
@@ -55,14 +44,6 @@ logger = logging.getLogger(__name__)
 STATUS_REFRESH_INTERVAL = 60.0
 CONFIG_RETRY_INTERVAL = 10.0
 SHUTDOWN_WRITE_TIMEOUT = 5.0
-
-_BROKER_REASONS = {
-    BrokerState.CONNECTING: Reason.CONNECTING,
-    BrokerState.CONSUMING: Reason.CONSUMING,
-    BrokerState.UNREACHABLE: Reason.BROKER_UNREACHABLE,
-    BrokerState.QUEUE_NOT_FOUND: Reason.QUEUE_NOT_FOUND,
-    BrokerState.INVALID_URL: Reason.INVALID_BROKER_URL,
-}
 
 
 class Stopped(Protocol):
@@ -377,66 +358,16 @@ class ExchangeMonitor:
         self._refresh_conditions()
 
     def _refresh_conditions(self) -> None:
-        changed = False
-        config_error = self._spec_error or self._connection_error
-        broker, manager = self._broker, self._manager
-
-        if broker is None:
-            changed |= self.conditions.set(
-                ConditionType.BROKER_CONNECTED, None, Reason.STARTING, "not connected yet"
-            )
-        else:
-            changed |= self.conditions.set(
-                ConditionType.BROKER_CONNECTED,
-                broker.state is BrokerState.CONSUMING,
-                _BROKER_REASONS[broker.state],
-                broker.message,
-            )
-        if manager is None:
-            changed |= self.conditions.set(
-                ConditionType.MANAGER_SYNCED, None, Reason.STARTING, "no Manager call made yet"
-            )
-        else:
-            changed |= self.conditions.set(ConditionType.MANAGER_SYNCED, *manager)
-
-        counts = self.fleet.snapshot(0).counts
-        inactive, offline = counts.get(WorkerState.INACTIVE, 0), counts.get(WorkerState.OFFLINE, 0)
-        if offline:
-            workers = (False, Reason.WORKERS_OFFLINE, f"{offline} offline, {inactive} inactive")
-        elif inactive:
-            workers = (False, Reason.WORKERS_INACTIVE, f"{inactive} inactive")
-        elif counts.get(WorkerState.ACTIVE, 0):
-            workers = (True, Reason.ALL_ACTIVE, f"{counts[WorkerState.ACTIVE]} active")
-        else:
-            workers = (None, Reason.NO_WORKERS, "no heartbeat received yet")
-        changed |= self.conditions.set(ConditionType.WORKERS_HEALTHY, *workers)
-
-        if config_error is not None:
-            ready: tuple[bool | None, Reason, str] = (
-                False,
-                config_error.reason,
-                config_error.message,
-            )
-        elif broker is not None and broker.state not in (
-            BrokerState.CONSUMING,
-            BrokerState.CONNECTING,
-        ):
-            ready = (False, _BROKER_REASONS[broker.state], broker.message)
-        elif manager is not None and not manager[0]:
-            ready = (False, manager[1], manager[2])
-        elif broker is None or broker.state is BrokerState.CONNECTING:
-            ready = (None, Reason.STARTING, "connecting to the broker")
-        else:
-            queue = self.spec.queue if self.spec else "?"
-            ready = (True, Reason.MONITORING, f"consuming heartbeats from queue {queue!r}")
-        changed |= self.conditions.set(ConditionType.READY, *ready)
-        stalled = ready[0] is False and ready[1] in CONFIGURATION_REASONS
-        changed |= self.conditions.set(
-            ConditionType.STALLED,
-            stalled,
-            ready[1] if stalled else Reason.CONFIGURATION_VALID,
-            ready[2] if stalled else "no configuration problem",
+        view = MonitorView(
+            config_error=self._spec_error or self._connection_error,
+            broker=self._broker,
+            manager=self._manager,
+            counts=self.fleet.snapshot(0).counts,
+            queue=self.spec.queue if self.spec else None,
         )
+        changed = False
+        for type_, verdict in derive_conditions(view).items():
+            changed |= self.conditions.set(type_, *verdict)
         if changed:
             self.status_writer.mark_dirty()
 
@@ -448,137 +379,6 @@ class ExchangeMonitor:
             self._loop.time(),
             datetime.now(UTC),
         )
-
-
-class Session:
-    """The connections of one configuration: Manager client, broker consumer, own heartbeat."""
-
-    def __init__(
-        self,
-        monitor: ExchangeMonitor,
-        spec: ExchangeSpec,
-        connections: Connections,
-        client: ManagerClient,
-    ) -> None:
-        self.monitor = monitor
-        self.spec = spec
-        self.connections = connections
-        self._client = client
-        self._tasks: list[asyncio.Task[None]] = []
-        self._consumer: HeartbeatConsumer | None = None
-
-    def start(self) -> None:
-        self._spawn(self.monitor.writer.run(), "manager-writer")
-        self._spawn(self._connect(), "session")
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(
-            coroutine, name=f"{self.monitor.namespace}/{self.monitor.name}:{name}"
-        )
-        task.add_done_callback(self._crashed)
-        self._tasks.append(task)
-
-    def _crashed(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Task %s crashed", task.get_name(), exc_info=task.exception())
-
-    async def _connect(self) -> None:
-        monitor, spec = self.monitor, self.spec
-        # Seed before consuming, so that workers the Manager already lists as active are not
-        # written again on their first heartbeat; a Manager that is down must not hold up
-        # consumption, so seeding then goes on in the background.
-        if not monitor.seeded_from_manager and not await self._seed_once():
-            self._spawn(self._seed_until_done(), "seed")
-        if self.connections.amqp_url is not None:
-            urls = [self.connections.amqp_url]
-        else:
-            urls = await self._from_manager(
-                lambda: resolve_broker_urls(self._client, spec.broker_id),
-                "resolve the broker connection",
-            )
-        self._consumer = HeartbeatConsumer(
-            urls,
-            spec.queue,
-            spec.prefetch,
-            monitor.handle_message,
-            monitor.set_broker_status,
-            ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
-            connection_name=f"overseer-operator {monitor.namespace}/{monitor.name}",
-        )
-        logger.info(
-            "%s/%s: consuming %r from %s",
-            monitor.namespace,
-            monitor.name,
-            spec.queue,
-            ", ".join(describe_url(url) for url in urls),
-        )
-        self._spawn(self._consumer.run(), "consumer")
-        identity = own_heartbeat(monitor.environment.identity, spec.module_type)
-        monitor.handle_registration(identity)
-        exchange = await self._from_manager(
-            lambda: self._client.get_exchange(spec.exchange_id), "look up the exchange's routing"
-        )
-        await publish_own_heartbeats(
-            self._consumer.publish,
-            exchange,
-            spec.queue,
-            identity,
-            lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
-        )
-
-    async def _seed_once(self) -> bool:
-        try:
-            modules = await self._client.list_modules(self.spec.exchange_id)
-        except ManagerError:
-            return False  # reported by _seed_until_done, which retries
-        self.monitor.seed_from_manager(modules, self.spec)
-        return True
-
-    async def _seed_until_done(self) -> None:
-        modules = await self._from_manager(
-            lambda: self._client.list_modules(self.spec.exchange_id), "list the exchange's modules"
-        )
-        self.monitor.seed_from_manager(modules, self.spec)
-
-    async def _from_manager(self, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
-        """Retry a Manager read until it succeeds, reporting failures through ManagerSynced."""
-        delay = 2.0
-        while True:
-            try:
-                result = await call()
-            except ManagerUnauthorized as error:
-                self.monitor.set_manager_health(
-                    False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}"
-                )
-            except (ManagerError, LookupError) as error:
-                self.monitor.set_manager_health(
-                    False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}"
-                )
-            else:
-                if not self.monitor.writer.pending:
-                    self.monitor.set_manager_health(True, Reason.SYNCED, "the Manager is reachable")
-                return result
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
-
-    async def deregister(self) -> None:
-        """The resource is gone: take the operator's own row out of the exchange (best effort)."""
-        identity = self.monitor.environment.identity
-        try:
-            await asyncio.wait_for(
-                self._client.delete_module(self.spec.exchange_id, identity), SHUTDOWN_WRITE_TIMEOUT
-            )
-        except (ManagerError, TimeoutError) as error:
-            logger.warning("Own module %s not removed from the Manager: %s", identity, error)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.aclose()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.aclose(), SHUTDOWN_WRITE_TIMEOUT)
 
 
 def _stopped_because_deleted(stopped: Stopped) -> bool:
