@@ -70,6 +70,8 @@ class ExchangeMonitor:
         self._token_cache = token_cache  # exchanges with the same credentials share one token
         self._loop = asyncio.get_running_loop()
         self.fleet = Fleet(Thresholds(600.0, 1200.0), self._loop.time)
+        # Nobody can be heard before the queue is consumed: the fleet's clock starts then.
+        self.fleet.pause()
         self.conditions = ConditionSet()
         self.conditions.seed((body.get("status") or {}).get("conditions") or ())
         self.status_writer = StatusWriter(

@@ -1,0 +1,101 @@
+"""The monitor's heartbeat path and outage rule, in process (no I/O happens before ``run``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from overseer_operator import metrics
+from overseer_operator.config import OperatorEnvironment
+from overseer_operator.consumer import BrokerState, BrokerStatus
+from overseer_operator.fleet import WorkerState
+from overseer_operator.heartbeat import Heartbeat, MessageRejected, encode_etf, encode_json
+from overseer_operator.kube import KubeApi
+from overseer_operator.monitor import ExchangeMonitor
+
+SPEC = {
+    "exchangeId": "1",
+    "brokerId": "1",
+    "thresholds": {"inactiveAfter": "10m", "offlineAfter": "20m"},
+}
+
+
+@pytest.fixture
+async def monitor() -> ExchangeMonitor:
+    body = {
+        "metadata": {"namespace": "ns", "name": "mx", "generation": 1, "uid": "u"},
+        "spec": SPEC,
+        "status": {
+            "modules": [
+                {
+                    "hostname": "old-1",
+                    "type": "builder",
+                    "state": "active",
+                    "lastHeartbeatTime": "2020-01-01T00:00:00Z",
+                }
+            ]
+        },
+    }
+    unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))  # never called here
+    exchange = ExchangeMonitor(body, OperatorEnvironment(), unused)
+    exchange._apply_spec(1)
+    return exchange
+
+
+def consuming(monitor: ExchangeMonitor) -> None:
+    monitor.set_broker_status(BrokerStatus(BrokerState.CONSUMING, "consuming"))
+
+
+@pytest.mark.looptime
+async def test_nothing_flips_before_the_queue_is_consumed_and_during_an_outage(monitor):
+    monitor._seed_from_status(
+        {
+            "modules": [
+                {
+                    "hostname": "w1",
+                    "type": "builder",
+                    "state": "active",
+                    "lastHeartbeatTime": "2099-01-01T00:00:00Z",
+                }
+            ]
+        }
+    )
+    assert monitor.fleet.next_deadline() is None  # not consuming yet: time stands still
+    await asyncio.sleep(3600)
+    assert monitor.fleet.sweep() == []
+
+    consuming(monitor)
+    assert monitor.fleet.next_deadline() is not None
+    await asyncio.sleep(300)
+    monitor.set_broker_status(BrokerStatus(BrokerState.UNREACHABLE, "lost"))
+    await asyncio.sleep(3600)  # an hour-long outage
+    assert monitor.fleet.sweep() == []
+    consuming(monitor)
+    await asyncio.sleep(299)  # the 5 minutes of margin it had left
+    assert monitor.fleet.sweep() == []
+    await asyncio.sleep(2)
+    assert [t.current for t in monitor.fleet.sweep()] == [WorkerState.INACTIVE]
+
+
+async def test_both_wire_formats_count_and_garbage_is_rejected(monitor):
+    consuming(monitor)
+    monitor.handle_message(encode_etf(Heartbeat("w-etf", "builder", "active", [])))
+    monitor.handle_message(encode_json(Heartbeat("w-json", "deployer", "active", [])))
+    monitor.handle_message(
+        encode_etf(Heartbeat("w-x", "builder", "active", []), event_type="upgrade_request")
+    )
+    with pytest.raises(MessageRejected):
+        monitor.handle_message(b"\x83not a term")
+    assert {monitor.fleet.get(h).state for h in ("w-etf", "w-json")} == {WorkerState.ACTIVE}
+    assert monitor.fleet.get("w-x") is None
+    assert monitor.writer.pending == 2  # two registrations owed to the Manager
+    rejected = [
+        sample
+        for family in metrics.REGISTRY.collect()
+        if family.name == "overseer_messages_rejected"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["name"] == "mx"
+    ]
+    assert sum(sample.value for sample in rejected) == 1
