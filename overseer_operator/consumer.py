@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 30
 CONNECT_TIMEOUT = 10.0
 RESTORE_GRACE = 3.0
+# A primary broker lost this long gives way to the failover broker, if the exchange has one.
+FAILOVER_AFTER = 60.0
 
 
 class BrokerState(StrEnum):
@@ -157,6 +159,7 @@ class HeartbeatConsumer:
         """Watch the connection; return (to reconnect from scratch) if it cannot be recovered."""
         loop = asyncio.get_running_loop()
         next_verify = loop.time() + self._verify_interval
+        lost_since: float | None = None
         while True:
             await asyncio.sleep(1.0)
             assert self.connection is not None and self._channel is not None
@@ -167,9 +170,14 @@ class HeartbeatConsumer:
                 self._report(
                     BrokerState.UNREACHABLE, f"connection to {describe_url(url)} lost; reconnecting"
                 )
+                lost_since = lost_since or loop.time()
+                if len(self._urls) > 1 and loop.time() - lost_since >= FAILOVER_AFTER:
+                    await self._close()  # run() moves on to the failover broker
+                    return
                 # Once it is back, give aio-pika's own restore a moment, then check its work.
                 next_verify = loop.time() + RESTORE_GRACE
                 continue
+            lost_since = None
             if loop.time() >= next_verify:
                 next_verify = loop.time() + self._verify_interval
                 try:
