@@ -2,14 +2,15 @@
 
 The token request is a POST with a JSON body (not the form body of RFC 6749) and JSON
 Accept/Content-Type headers; only a 200 counts as success; ``expires_in`` is measured from the
-moment the request started; a token is shared per (login_url, client_id) and reused while more
-than 30 s of its life remain. Unlike the legacy client, a failed login raises instead of
-yielding an empty token, so no request ever goes out with an empty bearer.
+moment the request started; a token is shared per (login_url, client_id, secret) and reused
+while more than 30 s of its life remain. Unlike the legacy client, a failed login raises instead
+of yielding an empty token, so no request ever goes out with an empty bearer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -20,7 +21,7 @@ import httpx
 REUSE_MARGIN = 30.0  # seconds of life a cached token must still have to be reused
 
 Clock = Callable[[], float]
-_Key = tuple[str, str]  # (login_url, client_id)
+_Key = tuple[str, str, str]  # (login_url, client_id, digest of the secret)
 
 
 class TokenError(Exception):
@@ -94,7 +95,10 @@ class TokenSource:
         self._timeout = timeout
         self._clock = clock
         self._cache = cache if cache is not None else TokenCache()
-        self._key = (login_url, client_id)
+        # The legacy cache key, plus a digest of the secret: a wrong secret must never ride on
+        # a token that another exchange obtained with the right one.
+        digest = hashlib.sha256(client_secret.encode()).hexdigest()[:16]
+        self._key = (login_url, client_id, digest)
 
     async def token(self) -> str:
         """A non-empty access token; raises :class:`TokenError` when none can be had."""

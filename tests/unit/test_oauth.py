@@ -196,3 +196,18 @@ async def test_auth_flow_sends_legacy_header_and_retries_once_with_a_fresh_token
     assert all(h.startswith("Bearer access_token=") and len(h) > 20 for h in headers)
     assert headers[0] == headers[1] != headers[2]
     assert len(manager_emulator.token_requests()) == 2
+
+
+async def test_a_shared_cache_never_lends_a_token_to_a_wrong_secret(
+    http: httpx.AsyncClient, manager_emulator: ManagerEmulator, clock: FakeClock
+) -> None:
+    cache = TokenCache()
+    right = TokenSource(
+        http, manager_emulator.login_url, CLIENT_ID, CLIENT_SECRET, clock=clock, cache=cache
+    )
+    wrong = TokenSource(
+        http, manager_emulator.login_url, CLIENT_ID, "not-the-secret", clock=clock, cache=cache
+    )
+    assert await right.token()
+    with pytest.raises(OAuthError):
+        await wrong.token()
