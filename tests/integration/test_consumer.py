@@ -1,4 +1,5 @@
-"""The heartbeat consumer against the real broker: failover, a missing queue, a lost connection."""
+"""The heartbeat consumer against the real broker: failover, a missing queue, a lost connection,
+TLS verified with a CA bundle."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import AsyncIterator, Callable
 import aio_pika
 import pytest
 
+from overseer_operator.broker import amqp_ssl_context
 from overseer_operator.consumer import BrokerState, BrokerStatus, HeartbeatConsumer
-from tests.fixtures.testbed import AmqpTopology, RabbitMQManagement
+from tests.fixtures.testbed import AmqpTopology, RabbitMQManagement, Testbed
 
 pytestmark = pytest.mark.testbed
 
@@ -129,3 +131,40 @@ async def until_connection_listed(api: RabbitMQManagement, name: str) -> None:
             for c in await asyncio.to_thread(api.connections)
         ):
             await asyncio.sleep(0.2)
+
+
+async def test_amqps_is_verified_with_the_ca_bundle(
+    testbed: Testbed, amqp_topology: Callable[..., AmqpTopology]
+) -> None:
+    topology = amqp_topology()
+    recorder = Recorder()
+    consumer = HeartbeatConsumer(
+        [testbed.amqps_url],
+        topology.queue,
+        10,
+        recorder.handle,
+        recorder.on_state,
+        ssl_context=amqp_ssl_context(testbed.ca_file.read_text()),
+    )
+    async with consuming(consumer):
+        await recorder.reached(BrokerState.CONSUMING)
+        await publish(testbed.amqp_url, topology, b"over TLS")
+        await until(lambda: recorder.bodies == [b"over TLS"])
+
+
+async def test_amqps_without_the_ca_bundle_is_refused(
+    testbed: Testbed, amqp_topology: Callable[..., AmqpTopology]
+) -> None:
+    topology = amqp_topology()
+    recorder = Recorder()
+    consumer = HeartbeatConsumer(
+        [testbed.amqps_url],
+        topology.queue,
+        10,
+        recorder.handle,
+        recorder.on_state,
+        retry_interval=0.2,
+    )
+    async with consuming(consumer):
+        await recorder.reached(BrokerState.UNREACHABLE)
+    assert "CERTIFICATE_VERIFY_FAILED" in recorder.states[-1].message
