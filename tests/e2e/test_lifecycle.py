@@ -183,3 +183,34 @@ def test_missing_secret_and_refused_credentials_show_as_conditions(
     )
     assert refused["status"] == "False"
     assert condition(get_exchange(kubectl, namespace, "creds"), "Stalled")["status"] == "False"
+
+
+def test_a_tls_broker_from_secrets(
+    kubectl, namespace, manager, exchange, start_operator, testbed, amqp_url
+):
+    create_secret(kubectl, namespace, "broker", url=testbed.amqps_url)
+    create_secret(kubectl, namespace, "broker-ca", **{"ca.crt": testbed.ca_file.read_text()})
+    apply_exchange(
+        kubectl,
+        namespace,
+        "tls",
+        exchange,
+        amqp={
+            "urlSecretRef": {"name": "broker", "key": "url"},
+            "caSecretRef": {"name": "broker-ca", "key": "ca.crt"},
+        },
+    )
+    start_operator(namespace)
+    eventually(
+        lambda: ready(kubectl, namespace, "tls").get("status") == "True",
+        timeout=60,
+        what="Ready over amqps",
+    )
+    publish(amqp_url, exchange, encode_json(Heartbeat("tls-1", "builder", "active", [])))
+    eventually(
+        lambda: any(row["hostname"] == "tls-1" for row in manager.modules(exchange.exchange_id)),
+        what="a heartbeat consumed over TLS",
+    )
+    assert manager.requests_to("GET", "/messaging/brokers") == []  # the URL came from the Secret
+    resource = json.dumps(get_exchange(kubectl, namespace, "tls"))
+    assert "guest:guest" not in resource
