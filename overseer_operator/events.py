@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from overseer_operator import metrics
-from overseer_operator.fleet import Transition, WorkerState
+from overseer_operator.durations import format_duration
+from overseer_operator.fleet import Thresholds, Transition, WorkerState
 from overseer_operator.kube import KubeApi, KubeApiError
 from overseer_operator.ratelimit import RateLimiter
 
@@ -25,15 +26,16 @@ _REASONS = {
 }
 
 
-def describe_transition(transition: Transition) -> str:
-    if transition.current is WorkerState.ACTIVE and transition.previous is None:
-        return f"worker {transition.hostname} ({transition.module_type}) is active"
+def describe_transition(transition: Transition, thresholds: Thresholds) -> str:
+    worker = f"worker {transition.hostname} ({transition.module_type})"
     if transition.current is WorkerState.ACTIVE:
-        return f"worker {transition.hostname} ({transition.module_type}) is active again"
-    return (
-        f"worker {transition.hostname} ({transition.module_type}) is {transition.current.value}: "
-        "no heartbeat received within the threshold"
+        return f"{worker} is active" + ("" if transition.previous is None else " again")
+    silent = (
+        thresholds.inactive_after
+        if transition.current is WorkerState.INACTIVE
+        else thresholds.offline_after
     )
+    return f"{worker} is {transition.current.value}: no heartbeat for {format_duration(silent)}"
 
 
 class EventRecorder:
@@ -51,11 +53,11 @@ class EventRecorder:
         self._limiter = RateLimiter(capacity, per_seconds, asyncio.get_running_loop().time)
         self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=capacity * 2)
 
-    def record(self, transition: Transition) -> None:
+    def record(self, transition: Transition, thresholds: Thresholds) -> None:
         if not self._limiter.allow():
             return
         event_type, reason = _REASONS[transition.current]
-        self._enqueue(event_type, reason, describe_transition(transition))
+        self._enqueue(event_type, reason, describe_transition(transition, thresholds))
         suppressed = self._limiter.take_suppressed()
         if suppressed:
             self._enqueue(

@@ -312,7 +312,7 @@ class ExchangeMonitor:
             )
         known = self.fleet.get(transition.hostname)
         self.writer.apply(transition, workload=known.workload if known else None)
-        self.events.record(transition)
+        self.events.record(transition, self.fleet.thresholds)
         self._refresh_conditions()
         self.status_writer.mark_dirty()
 

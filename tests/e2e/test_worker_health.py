@@ -106,6 +106,11 @@ def test_workers_go_active_inactive_offline_and_come_back(
         condition(resource, "Ready")["status"] == "True"
     )  # the fleet's health is not the monitor's
     assert condition(resource, "WorkersHealthy")["reason"] == "WorkersOffline"
+    offline_event = "worker builder-2 (builder) is offline: no heartbeat for 8s"
+    eventually(
+        lambda: offline_event in kubectl("get", "events", "-n", namespace).stdout,
+        what="the WorkerOffline event",
+    )
     table = kubectl("get", "mx", "fleet", "-n", namespace).stdout.split("\n")
     assert table[0].split()[:7] == [
         "NAME",
