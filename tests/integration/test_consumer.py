@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aio_pika
 import pytest
@@ -29,6 +30,10 @@ class Recorder:
 
     def on_state(self, status: BrokerStatus) -> None:
         self.states.append(status)
+
+    def consumer(self, urls: list[str], queue: str, **options: Any) -> HeartbeatConsumer:
+        """A consumer (prefetch 10) that reports to this recorder."""
+        return HeartbeatConsumer(urls, queue, 10, self.handle, self.on_state, **options)
 
     async def reached(self, state: BrokerState) -> None:
         await until(lambda: bool(self.states) and self.states[-1].state is state)
@@ -65,14 +70,7 @@ async def test_an_unreachable_primary_gives_way_to_the_failover_broker(
 ) -> None:
     topology = amqp_topology()
     recorder = Recorder()
-    consumer = HeartbeatConsumer(
-        [CLOSED_PORT_URL, amqp_url],
-        topology.queue,
-        10,
-        recorder.handle,
-        recorder.on_state,
-        retry_interval=0.2,
-    )
+    consumer = recorder.consumer([CLOSED_PORT_URL, amqp_url], topology.queue, retry_interval=0.2)
     async with consuming(consumer):
         await recorder.reached(BrokerState.CONSUMING)
         await publish(amqp_url, topology, b"via the failover")
@@ -87,9 +85,7 @@ async def test_a_missing_queue_is_reported_and_consumed_once_provisioned(
     topology = amqp_topology()
     rabbitmq_api.delete_queue(topology.queue)
     recorder = Recorder()
-    consumer = HeartbeatConsumer(
-        [amqp_url], topology.queue, 10, recorder.handle, recorder.on_state, retry_interval=0.2
-    )
+    consumer = recorder.consumer([amqp_url], topology.queue, retry_interval=0.2)
     async with consuming(consumer):
         await recorder.reached(BrokerState.QUEUE_NOT_FOUND)
         rabbitmq_api.declare_queue(topology.queue)  # never declared by the operator itself
@@ -104,14 +100,7 @@ async def test_the_consumer_is_back_after_the_broker_drops_the_connection(
 ) -> None:
     topology = amqp_topology()
     recorder = Recorder()
-    consumer = HeartbeatConsumer(
-        [amqp_url],
-        topology.queue,
-        10,
-        recorder.handle,
-        recorder.on_state,
-        connection_name="consumer-under-test",
-    )
+    consumer = recorder.consumer([amqp_url], topology.queue, connection_name="consumer-under-test")
     async with consuming(consumer):
         await recorder.reached(BrokerState.CONSUMING)
         await until_connection_listed(rabbitmq_api, "consumer-under-test")
@@ -138,12 +127,9 @@ async def test_amqps_is_verified_with_the_ca_bundle(
 ) -> None:
     topology = amqp_topology()
     recorder = Recorder()
-    consumer = HeartbeatConsumer(
+    consumer = recorder.consumer(
         [testbed.amqps_url],
         topology.queue,
-        10,
-        recorder.handle,
-        recorder.on_state,
         ssl_context=amqp_ssl_context(testbed.ca_file.read_text()),
     )
     async with consuming(consumer):
@@ -157,14 +143,7 @@ async def test_amqps_without_the_ca_bundle_is_refused(
 ) -> None:
     topology = amqp_topology()
     recorder = Recorder()
-    consumer = HeartbeatConsumer(
-        [testbed.amqps_url],
-        topology.queue,
-        10,
-        recorder.handle,
-        recorder.on_state,
-        retry_interval=0.2,
-    )
+    consumer = recorder.consumer([testbed.amqps_url], topology.queue, retry_interval=0.2)
     async with consuming(consumer):
         await recorder.reached(BrokerState.UNREACHABLE)
     assert "CERTIFICATE_VERIFY_FAILED" in recorder.states[-1].message
