@@ -40,7 +40,7 @@ def render_status(
     counts = {state.value: snapshot.counts.get(state, 0) for state in WorkerState}
     status: dict[str, Any] = {
         "conditions": conditions,
-        "workers": {"total": sum(counts.values()), **counts},
+        "workers": {"total": snapshot.total, **counts},
         "modules": [
             {
                 "hostname": worker.hostname,

@@ -14,6 +14,7 @@ from tests.fixtures.operator import (
     condition,
     eventually,
     get_exchange,
+    manager_states,
     patch_spec,
     provision,
     publish,
@@ -61,7 +62,7 @@ def test_delete_stops_the_monitor_and_releases_the_resource(
     eventually(
         lambda: consumers(rabbitmq_api, exchange.queue) == 0, timeout=10, what="the consumer gone"
     )
-    hostnames = {row["hostname"] for row in manager.modules(exchange.exchange_id)}
+    hostnames = manager_states(manager, exchange.exchange_id)
     assert "overseer-e2e" not in hostnames  # the operator took its own registration out
 
 
@@ -81,7 +82,7 @@ def test_spec_changes_apply_without_a_restart(
     )
     publish(amqp_url, exchange, encode_json(Heartbeat("lonely-1", "builder", "active", [])))
     eventually(
-        lambda: any(row["hostname"] == "lonely-1" for row in manager.modules(exchange.exchange_id)),
+        lambda: "lonely-1" in manager_states(manager, exchange.exchange_id),
         what="registered",
     )
 
@@ -90,12 +91,7 @@ def test_spec_changes_apply_without_a_restart(
         kubectl, namespace, "tuned", thresholds={"inactiveAfter": "2s", "offlineAfter": "1h"}
     )
     eventually(
-        lambda: (
-            {row["hostname"]: row["status"] for row in manager.modules(exchange.exchange_id)}.get(
-                "lonely-1"
-            )
-            == "inactive"
-        ),
+        lambda: manager_states(manager, exchange.exchange_id).get("lonely-1") == "inactive",
         timeout=20,
         what="lonely-1 inactive after the threshold change",
     )
@@ -127,9 +123,7 @@ def test_spec_changes_apply_without_a_restart(
         eventually(lambda: consumers(rabbitmq_api, exchange.queue) == 0, what="old queue left")
         publish(amqp_url, moved, encode_json(Heartbeat("mover-1", "deployer", "active", [])))
         eventually(
-            lambda: any(
-                row["hostname"] == "mover-1" for row in manager.modules(exchange.exchange_id)
-            ),
+            lambda: "mover-1" in manager_states(manager, exchange.exchange_id),
             what="a heartbeat from the new queue",
         )
         assert operator.alive()
@@ -208,7 +202,7 @@ def test_a_tls_broker_from_secrets(
     )
     publish(amqp_url, exchange, encode_json(Heartbeat("tls-1", "builder", "active", [])))
     eventually(
-        lambda: any(row["hostname"] == "tls-1" for row in manager.modules(exchange.exchange_id)),
+        lambda: "tls-1" in manager_states(manager, exchange.exchange_id),
         what="a heartbeat consumed over TLS",
     )
     assert manager.requests_to("GET", "/messaging/brokers") == []  # the URL came from the Secret

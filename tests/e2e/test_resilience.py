@@ -9,24 +9,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.fixtures.operator import REPO, apply_exchange, condition, eventually, get_exchange
+from tests.fixtures.operator import (
+    REPO,
+    apply_exchange,
+    condition,
+    eventually,
+    get_exchange,
+    manager_calls,
+    manager_states,
+    manager_writes,
+)
 
 pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
-
-
-def writes_about(manager, exchange_id: str, hostname: str) -> list[tuple[float, str, str | None]]:
-    """(time, method, status) of every Manager write about one worker, oldest first."""
-    result = []
-    for request in manager.module_writes(exchange_id):
-        if request.method == "DELETE" and request.path.endswith(f"/{hostname}"):
-            result.append((request.time, "DELETE", None))
-        elif request.method == "POST" and (request.body or {}).get("hostname") == hostname:
-            result.append((request.time, "POST", request.body.get("status")))
-    return result
-
-
-def states(manager, exchange_id: str) -> dict[str, str]:
-    return {row["hostname"]: row["status"] for row in manager.modules(exchange_id)}
 
 
 def test_restart_finds_dead_workers_and_spares_live_ones(
@@ -63,27 +57,23 @@ def test_restart_finds_dead_workers_and_spares_live_ones(
     started = time.monotonic()
     operator = start_operator(namespace)
     eventually(
-        lambda: "dead-1" not in states(manager, exchange.exchange_id),
+        lambda: "dead-1" not in manager_states(manager, exchange.exchange_id),
         timeout=30,
         what="dead-1 deleted",
     )
-    assert [w[1:] for w in writes_about(manager, exchange.exchange_id, "dead-1")] == [
-        ("DELETE", None)
-    ]
+    assert manager_calls(manager, exchange.exchange_id, "dead-1") == [("DELETE", None)]
     eventually(
-        lambda: "stale-1" not in states(manager, exchange.exchange_id),
+        lambda: "stale-1" not in manager_states(manager, exchange.exchange_id),
         timeout=30,
         what="stale-1 deleted",
     )
-    assert [w[1:] for w in writes_about(manager, exchange.exchange_id, "stale-1")] == [
-        ("DELETE", None)
-    ]
+    assert manager_calls(manager, exchange.exchange_id, "stale-1") == [("DELETE", None)]
     eventually(
-        lambda: states(manager, exchange.exchange_id).get("quiet-1") == "inactive",
+        lambda: manager_states(manager, exchange.exchange_id).get("quiet-1") == "inactive",
         timeout=30,
         what="quiet-1 inactive",
     )
-    ((inactivated, _, _),) = writes_about(manager, exchange.exchange_id, "quiet-1")
+    ((inactivated, _, _),) = manager_writes(manager, exchange.exchange_id, "quiet-1")
     assert inactivated - started >= 6.0 - 0.5  # it had its full threshold to report again
 
     # A restart shorter than the threshold: the live worker is never flipped.
@@ -98,8 +88,8 @@ def test_restart_finds_dead_workers_and_spares_live_ones(
         what="Ready after the restart",
     )
     time.sleep(8)  # longer than inactiveAfter
-    assert [w[1:] for w in writes_about(manager, exchange.exchange_id, "live-1")] == []
-    assert states(manager, exchange.exchange_id)["live-1"] == "active"
+    assert manager_calls(manager, exchange.exchange_id, "live-1") == []
+    assert manager_states(manager, exchange.exchange_id)["live-1"] == "active"
     assert restarted.alive()
 
 
@@ -126,7 +116,7 @@ def test_a_broker_outage_flips_nobody(
     )
     operator = start_operator(namespace)
     eventually(
-        lambda: states(manager, exchange.exchange_id).get("live-2") == "active",
+        lambda: manager_states(manager, exchange.exchange_id).get("live-2") == "active",
         timeout=60,
         what="workers registered",
     )
@@ -158,7 +148,7 @@ def test_a_broker_outage_flips_nobody(
     beats = workers.beats
     eventually(lambda: workers.beats >= beats + 5, timeout=30, what="workers beating again")
     for hostname in ("live-1", "live-2"):
-        assert [w[1:] for w in writes_about(manager, exchange.exchange_id, hostname)] == [
-            ("POST", "active")
-        ], hostname
+        assert manager_calls(manager, exchange.exchange_id, hostname) == [("POST", "active")], (
+            hostname
+        )
     assert operator.metric("overseer_worker_transitions_total", state="inactive") == 0

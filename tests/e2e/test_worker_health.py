@@ -16,27 +16,14 @@ from tests.fixtures.operator import (
     condition,
     eventually,
     get_exchange,
+    manager_calls,
+    manager_states,
     publish,
 )
 
 pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
 
 SHORT = {"inactiveAfter": "4s", "offlineAfter": "8s"}
-
-
-def module_states(manager, exchange_id: str) -> dict[str, str]:
-    return {row["hostname"]: row["status"] for row in manager.modules(exchange_id)}
-
-
-def writes_for(manager, exchange_id: str, hostname: str) -> list[tuple[str, str | None]]:
-    """The (method, status) of every Manager write about one worker, oldest first."""
-    result = []
-    for request in manager.module_writes(exchange_id):
-        if request.method == "DELETE" and request.path.endswith(f"/{hostname}"):
-            result.append(("DELETE", None))
-        elif request.method == "POST" and (request.body or {}).get("hostname") == hostname:
-            result.append(("POST", request.body.get("status")))
-    return result
 
 
 def test_workers_go_active_inactive_offline_and_come_back(
@@ -51,7 +38,7 @@ def test_workers_go_active_inactive_offline_and_come_back(
     # Every worker, and the operator itself, is registered active in the Manager...
     eventually(
         lambda: (
-            module_states(manager, exchange.exchange_id)
+            manager_states(manager, exchange.exchange_id)
             == {
                 "builder-1": "active",
                 "deployer-1": "active",
@@ -81,11 +68,11 @@ def test_workers_go_active_inactive_offline_and_come_back(
     # builder-2 goes quiet: inactive after 4 s, offline (deleted) after 8 s, in that order.
     del workers.alive["builder-2"]
     eventually(
-        lambda: "builder-2" not in module_states(manager, exchange.exchange_id),
+        lambda: "builder-2" not in manager_states(manager, exchange.exchange_id),
         timeout=30,
         what="builder-2 deleted from the Manager",
     )
-    assert writes_for(manager, exchange.exchange_id, "builder-2")[-2:] == [
+    assert manager_calls(manager, exchange.exchange_id, "builder-2")[-2:] == [
         ("POST", "inactive"),
         ("DELETE", None),
     ]
@@ -124,12 +111,12 @@ def test_workers_go_active_inactive_offline_and_come_back(
     assert table[1].split()[:7] == ["fleet", "901", "1", "True", "3", "0", "1"]
 
     # The others stayed active the whole time: no write about them after registration.
-    assert writes_for(manager, exchange.exchange_id, "builder-1") == [("POST", "active")]
+    assert manager_calls(manager, exchange.exchange_id, "builder-1") == [("POST", "active")]
 
     # builder-2 comes back.
     workers.alive["builder-2"] = "builder"
     eventually(
-        lambda: module_states(manager, exchange.exchange_id).get("builder-2") == "active",
+        lambda: manager_states(manager, exchange.exchange_id).get("builder-2") == "active",
         what="builder-2 active again",
     )
     eventually(
@@ -164,7 +151,7 @@ def test_erlang_runtime_body_and_malformed_messages(
     publish(amqp_url, exchange, *garbage, other_event, erlang_status_body)
 
     eventually(
-        lambda: module_states(manager, exchange.exchange_id).get("007aaefbbcc9") == "active",
+        lambda: manager_states(manager, exchange.exchange_id).get("007aaefbbcc9") == "active",
         what="the Erlang-encoded worker in the Manager",
     )
     posted = [
@@ -180,7 +167,7 @@ def test_erlang_runtime_body_and_malformed_messages(
     }
     assert operator.metric("overseer_messages_rejected_total") == len(garbage)
     assert operator.metric("overseer_messages_ignored_total", event_type="upgrade_request") == 1
-    assert "ignored-1" not in module_states(manager, exchange.exchange_id)
+    assert "ignored-1" not in manager_states(manager, exchange.exchange_id)
     assert operator.alive()
 
 
