@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -62,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    from overseer_operator import handlers, metrics
+    from overseer_operator import handlers, kubeconfig, metrics
 
     del handlers  # importing it registers the handlers with kopf's default registry
+    # kopf and the monitors' own client log in the same way (and need no `kubernetes` package).
+    kopf.on.login()(kubeconfig.login)
 
     level = os.environ.get("LOG_LEVEL", "").upper()
     kopf.configure(verbose=args.verbose or level == "DEBUG", debug=args.debug)
@@ -86,8 +90,23 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,
+        identity=kopf_identity(),
     )
     return 0
+
+
+def kopf_identity() -> str:
+    """The operator's name among kopf peers: ``POD_ID`` (kopf's own variable), else ``POD_NAME``
+    (the Deployment's), else user@host. kopf's default asks ``getpass.getuser()``, which raises for
+    a uid without a passwd entry, such as the image's 65532."""
+    for variable in ("POD_ID", "POD_NAME"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no USER/LOGNAME and no passwd entry for this uid
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,24 +3,26 @@
 kopf owns the watch, finalizers and daemons; status patches, Secrets, Events and the legacy
 resource seed go through this small client so that a long-running monitor can write whenever its
 writers decide, without waiting for a handler to return. Credentials are loaded the standard way
-(in-cluster ServiceAccount, else ``KUBECONFIG``) by the ``kubernetes`` package's config loaders.
+(in-cluster ServiceAccount, else ``KUBECONFIG``) by ``overseer_operator.kubeconfig``, the loader
+kopf uses too.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ssl
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+from kopf import ConnectionInfo
 
 from overseer_operator.conditions import Reason, format_time
 from overseer_operator.config import ConfigError, SecretKeyRef
+from overseer_operator.kubeconfig import CredentialsError, load_credentials
 
 GROUP = "openaperture.io"
 VERSION = "v1alpha1"
@@ -39,40 +41,38 @@ class KubeApiError(Exception):
 
 
 class _ConfigurationAuth(httpx.Auth):
-    """Bearer token from the loaded configuration, refreshed as its loader allows."""
+    """The credentials' ``Authorization`` header, reloaded when they expire or the API server
+    answers 401 (a rotated ServiceAccount token, an exec plugin's short-lived one)."""
 
-    def __init__(self, configuration: k8s_client.Configuration) -> None:
+    def __init__(self, configuration: ConnectionInfo) -> None:
         self._configuration = configuration
 
+    def _reload(self) -> None:
+        # On failure keep the last good credentials; the request's own error tells the caller.
+        with contextlib.suppress(CredentialsError):
+            self._configuration = load_credentials()
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._configuration.refresh_api_key_hook is not None:
-            self._configuration.refresh_api_key_hook(self._configuration)
-        token = self._configuration.api_key.get("BearerToken") or self._configuration.api_key.get(
-            "authorization"
-        )
-        if token:
-            request.headers["Authorization"] = (
-                token if token.startswith("Bearer ") else f"Bearer {token}"
-            )
-        yield request
+        expiration = self._configuration.expiration
+        if expiration is not None:
+            if expiration.tzinfo is None:
+                expiration = expiration.replace(tzinfo=UTC)
+            if datetime.now(UTC) >= expiration:
+                self._reload()
+        request.headers.update(self._configuration.as_http_headers())
+        response = yield request
+        if response.status_code == 401:
+            self._reload()
+            request.headers.update(self._configuration.as_http_headers())
+            yield request
 
 
-def load_configuration() -> k8s_client.Configuration:
-    configuration = k8s_client.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration)
-    return configuration
+def load_configuration() -> ConnectionInfo:
+    return load_credentials()
 
 
-def _ssl_context(configuration: k8s_client.Configuration) -> ssl.SSLContext | bool:
-    if not configuration.verify_ssl:
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context
+def _ssl_context(configuration: ConnectionInfo) -> ssl.SSLContext:
+    return configuration.as_ssl_context()
 
 
 class KubeApi:
@@ -80,10 +80,10 @@ class KubeApi:
         self._http = http
 
     @classmethod
-    def from_configuration(cls, configuration: k8s_client.Configuration | None = None) -> KubeApi:
+    def from_configuration(cls, configuration: ConnectionInfo | None = None) -> KubeApi:
         configuration = configuration or load_configuration()
         http = httpx.AsyncClient(
-            base_url=configuration.host,
+            base_url=configuration.server,
             verify=_ssl_context(configuration),
             auth=_ConfigurationAuth(configuration),
             timeout=httpx.Timeout(15.0),
