@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The overseer-operator image: build wheels in one stage, install only wheels in the next.
 #   docker build -t overseer-operator:0.1.0 .
+# Without a Docker engine, scripts/build-image builds this file unchanged with buildah.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -8,10 +9,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY overseer_operator ./overseer_operator
-# The project's wheel first, then every dependency as a wheel beside it (all of them publish
-# manylinux or pure-Python wheels, so no compiler is needed here either).
+# The project's wheel first, then every dependency as a wheel beside it. All publish manylinux
+# or pure-Python wheels except erlang-py, a pure-Python sdist that pip turns into a wheel here;
+# --use-pep517 builds it in an isolated environment, as older pips (Debian's 23.0) would otherwise
+# run `setup.py bdist_wheel` and fail without the `wheel` package. No compiler is needed.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- && pip wheel --wheel-dir /wheels /wheels/overseer_operator-*.whl
+ && pip wheel --use-pep517 --wheel-dir /wheels /wheels/overseer_operator-*.whl
 
 FROM ${PYTHON_IMAGE}
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
@@ -22,7 +25,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels overseer-operator \
  && pip uninstall --yes pip setuptools wheel
-# A numeric non-root user, so the kubelet can verify runAsNonRoot without /etc/passwd.
+# A numeric non-root user, so the kubelet can verify runAsNonRoot without /etc/passwd. It has no
+# passwd entry, and needs none (the operator names itself after POD_NAME, not the user).
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["overseer-operator"]

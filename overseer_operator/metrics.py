@@ -74,6 +74,26 @@ DETECTION_LAG = Histogram(
     registry=REGISTRY,
 )
 
+QUEUE_BACKLOG = Gauge(
+    "overseer_queue_backlog_messages",
+    "Messages waiting in the exchange's heartbeat queue.",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
+VERDICTS_HELD = Gauge(
+    "overseer_verdicts_held",
+    "1 while inactive/offline verdicts are held because the operator is behind on the queue or "
+    "draining its start-up backlog, else 0.",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
+TASK_CRASHES = Counter(
+    "overseer_task_crashes_total",
+    "Unexpected crashes of a monitor's background tasks (each is restarted), by task.",
+    [*_EXCHANGE, "task"],
+    registry=REGISTRY,
+)
+
 
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
     """Serve ``/metrics`` for the operator's registry on ``address:port`` (a daemon thread)."""
@@ -93,6 +113,9 @@ def forget_exchange(namespace: str, name: str) -> None:
         KUBERNETES_WRITES,
         BROKER_CONNECTED,
         DETECTION_LAG,
+        QUEUE_BACKLOG,
+        VERDICTS_HELD,
+        TASK_CRASHES,
     ):
         for labels in list(metric._metrics):
             if labels[:2] == (namespace, name):

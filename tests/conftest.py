@@ -4,4 +4,6 @@ pytest_plugins = [
     "tests.fixtures.testbed",
     "tests.fixtures.manager",
     "tests.fixtures.operator",
+    "tests.fixtures.monitoring",
+    "tests.fixtures.image",
 ]
