@@ -3,7 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.testbed",
     "tests.fixtures.manager",
+    "tests.fixtures.image",
     "tests.fixtures.operator",
     "tests.fixtures.monitoring",
-    "tests.fixtures.image",
 ]
