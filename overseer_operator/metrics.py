@@ -100,6 +100,22 @@ def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address, registry=REGISTRY)
 
 
+def start_exchange(namespace: str, name: str) -> None:
+    """Export the exchange's counters at 0 before anything happens, for every label value the
+    operator itself chooses: a counter that first appears at 1 hides that first increment from
+    ``rate()`` and ``increase()``, so the dashboard and the alerts would miss the first
+    transition or the first failed write."""
+    for state in ("active", "inactive", "offline"):
+        TRANSITIONS.labels(namespace, name, state)
+    for operation in ("active", "inactive", "delete"):
+        for outcome in ("success", "failure", "rejected"):
+            MANAGER_WRITES.labels(namespace, name, operation, outcome)
+    for kind in ("status", "event"):
+        for outcome in ("success", "failure"):
+            KUBERNETES_WRITES.labels(namespace, name, kind, outcome)
+    DETECTION_LAG.labels(namespace, name)
+
+
 def forget_exchange(namespace: str, name: str) -> None:
     """Drop every series of an exchange whose resource was deleted."""
     for metric in (

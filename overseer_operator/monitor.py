@@ -65,6 +65,7 @@ class ExchangeMonitor:
         self.namespace: str = body["metadata"]["namespace"]
         self.name: str = body["metadata"]["name"]
         self._labels = (self.namespace, self.name)
+        metrics.start_exchange(*self._labels)
         self.environment = environment
         self._kube = kube
         self._token_cache = token_cache  # exchanges with the same credentials share one token
