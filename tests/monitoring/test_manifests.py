@@ -43,7 +43,9 @@ def test_the_service_monitor_scrapes_the_deployments_metrics_port(kubectl) -> No
     # The alerts select job="overseer-operator": the Prometheus Operator names the job after the
     # Service.
     assert service["metadata"]["name"] == "overseer-operator"
-    assert 'job="overseer-operator"' in json.dumps(monitoring["PrometheusRule"]["spec"])
+    (group,) = monitoring["PrometheusRule"]["spec"]["groups"]
+    (down,) = [rule for rule in group["rules"] if rule["alert"] == "OverseerOperatorDown"]
+    assert 'job="overseer-operator"' in down["expr"]
 
 
 def test_the_dashboard_config_map_is_the_dashboard_file(kubectl) -> None:
