@@ -2,34 +2,25 @@
 
 ``parse_spec`` is pure and checks what the CRD schema cannot (it also guards resources written
 before a schema change). ``OperatorEnvironment`` is the only place that reads ``os.environ``.
-Secrets are read by the caller through ``SecretReader`` so this module stays free of I/O.
+Secrets come through a ``SecretReader``; ``secret_reader`` turns the Kubernetes API's answers
+into the condition reasons a user acts on.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overseer_operator.conditions import Reason
-from overseer_operator.durations import parse_duration
-from overseer_operator.fleet import Thresholds
+from overseer_operator import defaults
+from overseer_operator.kube import KubeApiError
 from overseer_operator.manager_client import ManagerSettings
-
-DEFAULT_QUEUE = "system_modules"
-DEFAULT_MODULE_TYPE = "overseer"
-DEFAULT_PREFETCH = 200
-
-
-class ConfigError(Exception):
-    """A configuration problem a human must fix; ``reason`` is the condition reason."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+from overseer_operator.model import ConfigError, Reason, Thresholds
+from overseer_operator.times import parse_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +33,43 @@ class SecretKeyRef:
 
 
 SecretReader = Callable[[SecretKeyRef], Awaitable[str]]
+# The ``data`` of a Secret, by namespace and name; raises ``KubeApiError``.
+SecretFetcher = Callable[[str, str], Awaitable[Mapping[str, str]]]
+
+
+def secret_reader(fetch: SecretFetcher, namespace: str) -> SecretReader:
+    """Read Secret keys in ``namespace`` only; every failure is a ``ConfigError`` with a reason."""
+
+    async def read(ref: SecretKeyRef) -> str:
+        try:
+            data = await fetch(namespace, ref.name)
+        except KubeApiError as error:
+            if error.status == 404:
+                raise ConfigError(
+                    Reason.SECRET_NOT_FOUND,
+                    f"Secret {ref.name!r} not found in namespace {namespace!r}",
+                ) from None
+            if error.status == 403:
+                raise ConfigError(
+                    Reason.SECRET_FORBIDDEN,
+                    f"the operator may not read Secret {ref.name!r} in namespace {namespace!r}",
+                ) from None
+            raise ConfigError(
+                Reason.KUBERNETES_UNREACHABLE, f"cannot read Secret {ref.name!r}: {error}"
+            ) from None
+        encoded = data.get(ref.key)
+        if encoded is None:
+            raise ConfigError(
+                Reason.SECRET_NOT_FOUND, f"Secret {ref.name!r} has no key {ref.key!r}"
+            )
+        try:
+            return base64.b64decode(encoded).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigError(
+                Reason.INVALID_SPEC, f"Secret {ref.name!r} key {ref.key!r} is not UTF-8 text"
+            ) from None
+
+    return read
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +78,11 @@ class ExchangeSpec:
 
     exchange_id: str
     broker_id: str
-    module_type: str = DEFAULT_MODULE_TYPE
-    queue: str = DEFAULT_QUEUE
-    prefetch: int = DEFAULT_PREFETCH
-    thresholds: Thresholds = field(default_factory=lambda: Thresholds(600.0, 1200.0))
-    refresh_interval: float = 300.0
+    module_type: str = defaults.MODULE_TYPE
+    queue: str = defaults.QUEUE
+    prefetch: int = defaults.PREFETCH
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    refresh_interval: float = defaults.REFRESH_INTERVAL
     manager_url: str | None = None
     login_url: str | None = None
     client_id: str | None = None
@@ -111,9 +139,15 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
         raise ConfigError(Reason.INVALID_SPEC, "spec.exchangeId and spec.brokerId are required")
 
     thresholds_spec = _section(spec, "thresholds")
-    inactive_after = _duration(thresholds_spec, "inactiveAfter", "10m", "thresholds")
-    offline_after = _duration(thresholds_spec, "offlineAfter", "20m", "thresholds")
-    forget_after = _duration(thresholds_spec, "forgetAfter", "1h", "thresholds")
+    inactive_after = _duration(
+        thresholds_spec, "inactiveAfter", defaults.INACTIVE_AFTER_TEXT, "thresholds"
+    )
+    offline_after = _duration(
+        thresholds_spec, "offlineAfter", defaults.OFFLINE_AFTER_TEXT, "thresholds"
+    )
+    forget_after = _duration(
+        thresholds_spec, "forgetAfter", defaults.FORGET_AFTER_TEXT, "thresholds"
+    )
     if inactive_after < 1:
         raise ConfigError(Reason.INVALID_SPEC, "spec.thresholds.inactiveAfter must be at least 1s")
     if offline_after <= inactive_after:
@@ -129,11 +163,13 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
     return ExchangeSpec(
         exchange_id=exchange_id,
         broker_id=broker_id,
-        module_type=str(spec.get("moduleType") or DEFAULT_MODULE_TYPE),
-        queue=str(queues.get("systemModules") or DEFAULT_QUEUE),
-        prefetch=int(amqp.get("prefetch") or DEFAULT_PREFETCH),
+        module_type=str(spec.get("moduleType") or defaults.MODULE_TYPE),
+        queue=str(queues.get("systemModules") or defaults.QUEUE),
+        prefetch=int(amqp.get("prefetch") or defaults.PREFETCH),
         thresholds=Thresholds(inactive_after, offline_after, forget_after),
-        refresh_interval=_duration(manager, "refreshInterval", "5m", "manager"),
+        refresh_interval=_duration(
+            manager, "refreshInterval", defaults.REFRESH_INTERVAL_TEXT, "manager"
+        ),
         manager_url=manager.get("url") or None,
         login_url=oauth.get("loginUrl") or None,
         client_id=oauth.get("clientId") or None,

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import erlang
 
+from overseer_operator.model import DEFAULT_STATUS, Heartbeat
+
 MAX_BODY_BYTES = 64 * 1024
 MAX_WORKLOAD_BYTES = 16 * 1024
 MAX_DEPTH = 32
@@ -37,7 +39,6 @@ MAX_INTEGER_BYTES = 8
 
 STATUS_EVENT = "status"
 UNKNOWN_MODULE_TYPE = "unknown"
-DEFAULT_STATUS = "active"
 
 WireFormat = Literal["etf", "json"]
 
@@ -56,23 +57,12 @@ _BIG_INTEGERS = {110: 1, 111: 4}
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """A worker's status report, with the workload as plain JSON-able data."""
-
-    hostname: str
-    module_type: str
-    status: str
-    workload: list[Any]
-
-
-@dataclass(frozen=True, slots=True)
 class DecodedMessage:
     """A decoded message; ``heartbeat`` is set only for ``status`` events."""
 
     event_type: str
     format: WireFormat
     heartbeat: Heartbeat | None
-    workload_truncated: bool = False
 
 
 class MessageRejected(ValueError):
@@ -277,9 +267,8 @@ def _message(document: Any, wire_format: WireFormat) -> DecodedMessage:
         workload = []
     elif not isinstance(workload, list):
         workload = [workload]
-    workload, truncated = _capped(workload)
     return DecodedMessage(
-        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, workload), truncated
+        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, _capped(workload))
     )
 
 
@@ -292,14 +281,14 @@ def _name_or_default(document: dict[str, Any], field: str, default: str, reason:
     return value
 
 
-def _capped(workload: list[Any]) -> tuple[list[Any], bool]:
+def _capped(workload: list[Any]) -> list[Any]:
     """The leading workload entries whose JSON fits in ``MAX_WORKLOAD_BYTES``."""
     size = 2  # the brackets
     for index, item in enumerate(workload):
         size += len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()) + 1
         if size > MAX_WORKLOAD_BYTES:
-            return workload[:index], True
-    return workload, False
+            return workload[:index]
+    return workload
 
 
 def _excerpt(value: Any) -> str:

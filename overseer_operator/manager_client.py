@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
-from overseer_operator import __version__
+from overseer_operator import __version__, defaults
+from overseer_operator.backoff import Backoff, Sleep
 from overseer_operator.oauth import (
     Clock,
     ManagerAuth,
@@ -35,8 +36,6 @@ from overseer_operator.oauth import (
 )
 
 logger = logging.getLogger(__name__)
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class ManagerError(Exception):
@@ -69,7 +68,7 @@ class ManagerSettings:
     client_secret: str = field(repr=False)
     ca_bundle: str | None = None  # path to a PEM CA bundle; None: the system's trust store
     ca_data: str | None = field(default=None, repr=False)  # PEM text, e.g. from a Secret
-    timeout: float = 10.0  # seconds, per attempt
+    timeout: float = defaults.MANAGER_TIMEOUT  # seconds, per attempt
     max_attempts: int = 4
 
     def __post_init__(self) -> None:
@@ -286,6 +285,7 @@ class ManagerClient:
     ) -> httpx.Response:
         """Send with retries; return a 2xx (or ``also_ok``) response, else raise ManagerError."""
         attempts = self._settings.max_attempts
+        backoff = self._new_backoff()
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._http.request(method, path, json=json, auth=self._auth)
@@ -315,7 +315,7 @@ class ManagerClient:
                 failure = f"HTTP {status}"
             if attempt == attempts:
                 break
-            delay = self._backoff(attempt)
+            delay = backoff.next_delay()
             logger.warning(
                 "Manager %s %s failed (%s); attempt %d of %d in %.2f s",
                 method,
@@ -328,9 +328,8 @@ class ManagerClient:
             await self._sleep(delay)
         raise ManagerUnavailable(f"{method} {path} failed after {attempts} attempts: {failure}")
 
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform between 0 and an exponentially growing, capped ceiling."""
-        return self._jitter() * min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
+    def _new_backoff(self) -> Backoff:
+        return Backoff(self._backoff_base, self._backoff_max, jitter=self._jitter)
 
 
 def _exchange_path(exchange_id: str) -> str:

@@ -15,7 +15,7 @@ from overseer_operator.oauth import (
     TokenCache,
     TokenSource,
 )
-from overseer_operator.testing.manager_emulator import ManagerEmulator
+from devtools.manager_emulator import ManagerEmulator
 from tests.fakes import FakeClock
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET
 
