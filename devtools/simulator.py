@@ -28,8 +28,8 @@ from typing import Literal
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
-
 from overseer_operator.durations import parse_duration
+
 from overseer_operator.heartbeat import Heartbeat, encode_etf, encode_json
 
 Format = Literal["etf", "json", "mixed"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.manager_emulator import ManagerEmulator
 from overseer_operator import __version__
 from overseer_operator.manager_client import (
     BrokerConnection,
@@ -25,7 +26,6 @@ from overseer_operator.manager_client import (
     ManagerUnavailable,
     parse_manager_timestamp,
 )
-from devtools.manager_emulator import ManagerEmulator
 from tests.fakes import FakeClock, Sleeps
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET, EXCHANGE_ID
 

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
-from devtools.manager_emulator import ManagerEmulator
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID
 

@@ -118,4 +118,7 @@ def test_not_ready_says_why_and_stalls_only_on_configuration(changes, reason, st
     assert stall.status is stalled
     assert (reason in CONFIGURATION_REASONS) is stalled
     if stalled:
-        assert (stall.reason, stall.message) == (ready.reason, ready.message)  # same reason and message, for kstatus and Argo CD
+        assert (stall.reason, stall.message) == (
+            ready.reason,
+            ready.message,
+        )  # same reason and message, for kstatus and Argo CD

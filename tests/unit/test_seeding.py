@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from overseer_operator.fleet import Fleet
-from overseer_operator.model import Thresholds, WorkerState
 from overseer_operator.manager_client import ModuleRecord
+from overseer_operator.model import Thresholds, WorkerState
 from overseer_operator.seeding import from_manager_row, from_status_module
 from tests.fakes import FakeClock
 
