@@ -12,9 +12,11 @@ import base64
 import binascii
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from overseer_operator import defaults
 from overseer_operator.kube import KubeApiError
@@ -227,6 +229,26 @@ class Connections:
     amqp_ca_data: str | None = field(default=None, repr=False)
 
 
+def _has_host(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:
+        return False
+
+
+def _check_ca_bundle(pem: str | None, ref: SecretKeyRef | None) -> None:
+    """A CA bundle that cannot be loaded is a configuration error, not a crash later."""
+    if pem is None:
+        return
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as error:
+        where = str(ref) if ref is not None else "the operator's CA bundle file"
+        raise ConfigError(
+            Reason.INVALID_SPEC, f"{where} does not hold a PEM CA bundle: {error}"
+        ) from None
+
+
 def _read_file(path: str | None) -> str | None:
     if path is None:
         return None
@@ -259,15 +281,19 @@ async def resolve_connections(
         raise ConfigError(Reason.INVALID_SPEC, "missing Manager settings: " + ", ".join(missing))
 
     manager_ca = await read_secret(spec.manager_ca_ref) if spec.manager_ca_ref else None
+    _check_ca_bundle(manager_ca, spec.manager_ca_ref)
     amqp_url = (await read_secret(spec.amqp_url_ref)).strip() if spec.amqp_url_ref else None
-    if amqp_url is not None and not amqp_url.startswith(("amqp://", "amqps://")):
+    if amqp_url is not None and (
+        not amqp_url.startswith(("amqp://", "amqps://")) or not _has_host(amqp_url)
+    ):
         raise ConfigError(
             Reason.INVALID_BROKER_URL,
-            f"{spec.amqp_url_ref} does not hold an amqp:// or amqps:// URL",
+            f"{spec.amqp_url_ref} does not hold an amqp:// or amqps:// URL with a host",
         )
     amqp_ca = (
         await read_secret(spec.amqp_ca_ref) if spec.amqp_ca_ref else _read_file(env.amqp_ca_bundle)
     )
+    _check_ca_bundle(amqp_ca, spec.amqp_ca_ref)
     return Connections(
         manager=ManagerSettings(
             url=manager_url,

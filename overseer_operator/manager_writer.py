@@ -95,6 +95,11 @@ class ManagerWriter:
         """Operations owed to the Manager and not yet acknowledged by it."""
         return self._pending
 
+    def owes(self, hostname: str) -> bool:
+        """Whether a write for ``hostname`` is still owed (or in flight)."""
+        owed = self._owed.get(hostname)
+        return owed is not None and bool(owed.operations)
+
     def attach(self, client: ManagerClient) -> None:
         """Write with ``client`` from now on (a new session's credentials)."""
         self._client = client

@@ -31,9 +31,10 @@ from overseer_operator.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-# The Manager's module list is read again this often (jittered by up to a fifth), so rows the
-# fleet never heard of (a worker that died before its first heartbeat, a row someone else wrote)
-# expire by the same rules as everything else, as the legacy sweeper made them.
+# The Manager's module list is read again this often, or every half ``inactiveAfter`` if that is
+# shorter (jittered by up to a fifth), so rows the fleet never heard of (a worker that died before
+# its first heartbeat, a row someone else wrote) expire by the same rules as everything else, as
+# the legacy sweeper made them.
 MANAGER_RECONCILE_INTERVAL = 300.0
 
 
@@ -60,7 +61,6 @@ class Session:
         *,
         identity: str,
         labels: tuple[str, str],
-        reconcile_interval: float = MANAGER_RECONCILE_INTERVAL,
     ) -> None:
         self._owner = owner
         self.spec = spec
@@ -68,7 +68,6 @@ class Session:
         self.client = client
         self._identity = identity
         self._labels = labels
-        self._reconcile_interval = reconcile_interval
         self._tasks = Supervisor(labels, self._crashed)
         self._consumer: HeartbeatConsumer | None = None
 
@@ -139,11 +138,14 @@ class Session:
         self._owner.on_manager_rows(rows)
         return True
 
+    def reconcile_interval(self) -> float:
+        return min(MANAGER_RECONCILE_INTERVAL, self.spec.thresholds.inactive_after / 2)
+
     async def _reconcile(self, now: bool) -> None:
-        """List the Manager's rows every ``reconcile_interval`` (at once if ``now``)."""
+        """List the Manager's rows every ``reconcile_interval()`` (at once if ``now``)."""
         while True:
             if not now:
-                await asyncio.sleep(self._reconcile_interval * random.uniform(0.8, 1.0))
+                await asyncio.sleep(self.reconcile_interval() * random.uniform(0.8, 1.0))
             now = False
             rows = await self._from_manager(
                 lambda: self.client.list_modules(self.spec.exchange_id),

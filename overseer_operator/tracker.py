@@ -217,8 +217,10 @@ class FleetTracker:
                 self._seed(evidence, now)
                 if evidence.shown is WorkerState.ACTIVE:
                     self.writer.mark_written(evidence.hostname)
-            elif known.state is not evidence.shown:
-                self._shown[evidence.hostname] = evidence.shown  # settled with the seeds
+            elif known.state is not evidence.shown and not self.writer.owes(evidence.hostname):
+                # The row disagrees and nothing is on its way to fix it (a DELETE lost to an
+                # ingress's 404, a row someone else wrote): settled with the seeds.
+                self._shown[evidence.hostname] = evidence.shown
         if self.verdicts_allowed:
             self._settle_seeds()
         self._wake.set()
