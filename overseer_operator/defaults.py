@@ -27,6 +27,6 @@ MANAGER_TIMEOUT = 10.0  # per Manager or OAuth request attempt
 KUBERNETES_TIMEOUT = 15.0  # per Kubernetes API request
 BROKER_CONNECT_TIMEOUT = 10.0
 BROKER_RETRY_INTERVAL = 5.0
-BROKER_VERIFY_INTERVAL = 30.0  # how often the queue's consumer is checked on the broker
+BROKER_VERIFY_INTERVAL = 5.0  # how often the broker is asked about the queue (consumer, depth)
 MAX_BACKOFF = 60.0  # the longest wait between retries of anything
 EVENTS_PER_MINUTE = 10

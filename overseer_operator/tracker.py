@@ -69,9 +69,11 @@ class FleetTracker:
         self.backlog = Backlog(clock)
         self.broker: BrokerStatus | None = None
         self.refresh_interval = defaults.REFRESH_INTERVAL
-        # Restart evidence not yet settled: the state each record shows, the proven last-heard
-        # wall time of workers only seeded.
+        # Restart evidence not yet settled: the state each record shows (the Manager's row last),
+        # the strongest evidence of each worker, and the proven last-heard wall time of workers
+        # only seeded. A worker heard meanwhile leaves all three.
         self._shown: dict[str, WorkerState] = {}
+        self._evidence: dict[str, seeding.Evidence] = {}
         self._heard_wall: dict[str, datetime] = {}
         self._reject_log = RateLimiter(5, 60.0, clock)
         self._wake = asyncio.Event()
@@ -147,13 +149,14 @@ class FleetTracker:
 
     def observe(self, heartbeat: Heartbeat) -> None:
         """A heartbeat heard now (through the queue, or the operator's own registration)."""
-        if self._heard_wall:
+        if self._heard_wall or self._shown:
             self._heard_wall.pop(heartbeat.hostname, None)
+            self._shown.pop(heartbeat.hostname, None)
+            self._evidence.pop(heartbeat.hostname, None)
         transition = self.fleet.observe(heartbeat)
         if transition is None:
             self.writer.observe_heartbeat(heartbeat)
             return
-        self._shown.pop(heartbeat.hostname, None)
         self._dispatch(transition)
         self._wake.set()
 
@@ -211,13 +214,15 @@ class FleetTracker:
         now = self._wall_clock()
         inactive_after = self.fleet.thresholds.inactive_after
         for row in rows:
+            if self.writer.owes(row.hostname):
+                continue  # a write is on its way: the row is about to change anyway
             evidence = seeding.from_manager_row(row, now, inactive_after, self.refresh_interval)
             known = self.fleet.get(evidence.hostname)
             if known is None or known.last_heartbeat_at is None:
                 self._seed(evidence, now)
                 if evidence.shown is WorkerState.ACTIVE:
                     self.writer.mark_written(evidence.hostname)
-            elif known.state is not evidence.shown and not self.writer.owes(evidence.hostname):
+            elif known.state is not evidence.shown:
                 # The row disagrees and nothing is on its way to fix it (a DELETE lost to an
                 # ingress's 404, a row someone else wrote): settled with the seeds.
                 self._shown[evidence.hostname] = evidence.shown
@@ -226,23 +231,32 @@ class FleetTracker:
         self._wake.set()
 
     def _seed(self, evidence: seeding.Evidence, now: datetime) -> None:
-        recorded = self.fleet.seed(
-            evidence.hostname,
-            evidence.module_type,
-            evidence.shown,
-            evidence.silent_for,
-            evidence.workload,
-        )
-        if not recorded:
-            return
-        self._shown[evidence.hostname] = evidence.shown
+        """Record evidence; until it is settled the worker shows what its record shows."""
+        hostname = evidence.hostname
+        known = self.fleet.get(hostname)
+        if known is not None and known.last_heartbeat_at is not None:
+            return  # heard since: the heartbeat is the evidence
+        self._shown[hostname] = evidence.shown
+        strongest = self._evidence.get(hostname)
+        if strongest is None or (evidence.silent_for or 0.0) >= (strongest.silent_for or 0.0):
+            self._evidence[hostname] = evidence
+        if known is None:
+            self.fleet.seed(hostname, evidence.module_type, evidence.shown, None, evidence.workload)
         if evidence.silent_for is not None:
             heard = now - timedelta(seconds=evidence.silent_for)
-            previous = self._heard_wall.get(evidence.hostname)
-            self._heard_wall[evidence.hostname] = min(heard, previous or heard)
+            previous = self._heard_wall.get(hostname)
+            self._heard_wall[hostname] = min(heard, previous or heard)
 
     def _settle_seeds(self) -> None:
-        """Tell the writers, once, where the fleet's view differs from what the records show."""
+        """Verdicts are allowed again: apply the evidence of workers still unheard, then tell the
+        writers, once, where the fleet's view differs from what the records show."""
+        evidence, self._evidence = self._evidence, {}
+        for proof in evidence.values():
+            worker = self.fleet.get(proof.hostname)
+            if worker is not None and worker.last_heartbeat_at is None:
+                self.fleet.seed(
+                    proof.hostname, proof.module_type, proof.shown, proof.silent_for, proof.workload
+                )
         shown, self._shown = self._shown, {}
         at = self._clock()
         for hostname, state in shown.items():
