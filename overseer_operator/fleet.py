@@ -155,13 +155,14 @@ class Fleet:
             at,
         )
 
-    def sweep(self) -> list[Transition]:
-        """Every transition whose threshold has passed, in the order they fell due."""
+    def sweep(self, limit: int | None = None) -> list[Transition]:
+        """Transitions whose threshold has passed, in the order they fell due; at most ``limit``
+        (the rest stay due for the next call, so a caller can yield between batches)."""
         if self._paused_at is not None:
             return []
         now, at = self._now(), self._clock()
         transitions: list[Transition] = []
-        while True:
+        while limit is None or len(transitions) < limit:
             active_due = self._active_deadline()
             timer_due = self._timer_deadline()
             if (
@@ -185,6 +186,7 @@ class Fleet:
                     self._counts[WorkerState.OFFLINE] -= 1
             else:
                 return transitions
+        return transitions
 
     def next_deadline(self) -> float | None:
         """The clock time at which ``sweep`` next has something to do; None if never or paused."""

@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 # Event types other than ``status`` that the estate is known to send; any other is counted as
 # "other", so a sender cannot create metric series at will.
 KNOWN_EVENT_TYPES = frozenset({"upgrade_request"})
+# Transitions dispatched between two yields to the event loop (~10 ms of work).
+SWEEP_BATCH = 500
+# Transition log lines per minute; a mass transition is summed up instead of logged line by line.
+TRANSITION_LOGS_PER_MINUTE = 60
 
 
 class FleetTracker:
@@ -76,7 +80,16 @@ class FleetTracker:
         self._evidence: dict[str, seeding.Evidence] = {}
         self._heard_wall: dict[str, datetime] = {}
         self._reject_log = RateLimiter(5, 60.0, clock)
+        self._transition_log = RateLimiter(TRANSITION_LOGS_PER_MINUTE, 60.0, clock)
         self._wake = asyncio.Event()
+        # Metric children looked up once, not per heartbeat or per transition.
+        self._received = {
+            wire: metrics.HEARTBEATS_RECEIVED.labels(*labels, wire) for wire in ("etf", "json")
+        }
+        self._transitions = {
+            state: metrics.TRANSITIONS.labels(*labels, state.value) for state in WorkerState
+        }
+        self._detection_lag = metrics.DETECTION_LAG.labels(*labels)
 
     # --- configuration -------------------------------------------------------------------
 
@@ -144,7 +157,7 @@ class FleetTracker:
             label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
             metrics.MESSAGES_IGNORED.labels(*self._labels, label).inc()
             return
-        metrics.HEARTBEATS_RECEIVED.labels(*self._labels, decoded.format).inc()
+        self._received[decoded.format].inc()
         self.observe(decoded.heartbeat)
 
     def observe(self, heartbeat: Heartbeat) -> None:
@@ -161,18 +174,20 @@ class FleetTracker:
         self._wake.set()
 
     def _dispatch(self, transition: Transition) -> None:
-        metrics.TRANSITIONS.labels(*self._labels, transition.current.value).inc()
+        self._transitions[transition.current].inc()
         if transition.current is not WorkerState.ACTIVE:
-            metrics.DETECTION_LAG.labels(*self._labels).observe(
-                max(0.0, transition.at - transition.due_at)
-            )
-        if transition.current is not WorkerState.ACTIVE or transition.previous is not None:
+            self._detection_lag.observe(max(0.0, transition.at - transition.due_at))
+        if (
+            transition.current is not WorkerState.ACTIVE or transition.previous is not None
+        ) and self._transition_log.allow():
+            held_back = self._transition_log.take_suppressed()
             logger.info(
-                "%s/%s: worker %s %s -> %s",
+                "%s/%s: worker %s %s -> %s%s",
                 *self._labels,
                 transition.hostname,
                 transition.previous and transition.previous.value,
                 transition.current.value,
+                f" ({held_back} more transitions not logged)" if held_back else "",
             )
         self.writer.apply(transition)
         self._events.record(transition, self.fleet.thresholds)
@@ -186,8 +201,12 @@ class FleetTracker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            for transition in self.fleet.sweep():
-                self._dispatch(transition)
+            while batch := self.fleet.sweep(SWEEP_BATCH):
+                for transition in batch:
+                    self._dispatch(transition)
+                if len(batch) < SWEEP_BATCH:
+                    break
+                await asyncio.sleep(0)  # a mass transition must not stall the event loop
             self._update_gauges()
 
     def _update_gauges(self) -> None:
