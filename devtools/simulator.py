@@ -28,9 +28,10 @@ from typing import Literal
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
-from overseer_operator.durations import parse_duration
 
-from overseer_operator.heartbeat import Heartbeat, encode_etf, encode_json
+from overseer_operator.heartbeat import encode_etf, encode_json
+from overseer_operator.model import Heartbeat
+from overseer_operator.times import parse_duration
 
 Format = Literal["etf", "json", "mixed"]
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from overseer_operator.heartbeat import Heartbeat, encode_json
+from overseer_operator.heartbeat import encode_json
+from overseer_operator.model import Heartbeat
 from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import (
     apply_exchange,

@@ -12,7 +12,8 @@ import aio_pika
 import pytest
 
 from overseer_operator.broker import amqp_ssl_context
-from overseer_operator.consumer import BrokerState, BrokerStatus, HeartbeatConsumer
+from overseer_operator.consumer import HeartbeatConsumer
+from overseer_operator.model import BrokerState, BrokerStatus
 from tests.fixtures.testbed import AmqpTopology, RabbitMQManagement, Testbed
 
 pytestmark = pytest.mark.testbed
