@@ -70,6 +70,8 @@ class Session:
         self._labels = labels
         self._tasks = Supervisor(labels, self._crashed)
         self._consumer: HeartbeatConsumer | None = None
+        self._reconciling = False
+        self._publishing = False
 
     def start(self, *, list_modules_first: bool) -> None:
         """Connect in the background; with ``list_modules_first`` the Manager's list is read (or
@@ -84,10 +86,21 @@ class Session:
             )
 
     async def _connect(self, list_modules_first: bool) -> None:
+        """Each stage once, so that a restart after a crash resumes where it failed."""
+        if not self._reconciling:
+            if list_modules_first and not await self._list_modules_once():
+                list_modules_first = False  # the Manager is down: consume anyway, list later
+            self._tasks.spawn("manager-reconcile", lambda: self._reconcile(not list_modules_first))
+            self._reconciling = True
+        if self._consumer is None:
+            self._consumer = await self._consumer_for_spec()
+            self._tasks.spawn("consumer", self._consumer.run)
+        if not self._publishing:
+            await self._publish_own_heartbeat(self._consumer)
+            self._publishing = True
+
+    async def _consumer_for_spec(self) -> HeartbeatConsumer:
         spec = self.spec
-        if list_modules_first and not await self._list_modules_once():
-            list_modules_first = False  # the Manager is down: consume anyway, list later
-        self._tasks.spawn("manager-reconcile", lambda: self._reconcile(not list_modules_first))
         if self.connections.amqp_url is not None:
             urls = [self.connections.amqp_url]
         else:
@@ -98,7 +111,13 @@ class Session:
                 lambda: resolve_broker_urls(self.client, spec.broker_id),
                 "resolve the broker connection",
             )
-        consumer = self._consumer = HeartbeatConsumer(
+        logger.info(
+            "%s/%s: consuming %r from %s",
+            *self._labels,
+            spec.queue,
+            ", ".join(describe_url(url) for url in urls),
+        )
+        return HeartbeatConsumer(
             urls,
             spec.queue,
             spec.prefetch,
@@ -108,13 +127,9 @@ class Session:
             ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
             connection_name=f"overseer-operator {self._labels[0]}/{self._labels[1]}",
         )
-        logger.info(
-            "%s/%s: consuming %r from %s",
-            *self._labels,
-            spec.queue,
-            ", ".join(describe_url(url) for url in urls),
-        )
-        self._tasks.spawn("consumer", consumer.run)
+
+    async def _publish_own_heartbeat(self, consumer: HeartbeatConsumer) -> None:
+        spec = self.spec
         identity = own_heartbeat(self._identity, spec.module_type)
         self._owner.register(identity)
         exchange = await self._from_manager(
