@@ -173,13 +173,26 @@ class HeartbeatConsumer:
     async def _supervise(self) -> None:
         """Return when the connection is lost; raise when the queue or the consumer is gone."""
         assert self.connection is not None and self._channel is not None
-        closed = asyncio.Event()
-        self.connection.close_callbacks.add(lambda *_: closed.set())
-        self._channel.close_callbacks.add(lambda *_: closed.set())
-        while not closed.is_set():
+        lost = asyncio.Event()
+        cancelled = False
+
+        def on_cancel(frame: object) -> None:
+            nonlocal cancelled
+            cancelled = True
+            lost.set()
+
+        self.connection.close_callbacks.add(lambda *_: lost.set())
+        self._channel.close_callbacks.add(lambda *_: lost.set())
+        # The broker cancels a consumer whose queue is deleted: known at once, not at the next
+        # verification, so that not a second of silence is read into the fleet.
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(on_cancel)
+        while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closed.wait(), self._verify_interval)
-            if closed.is_set() or self.connection.is_closed or self._channel.is_closed:
+                await asyncio.wait_for(lost.wait(), self._verify_interval)
+            if cancelled:
+                raise ConsumerLost(self._queue_name)
+            if lost.is_set() or self.connection.is_closed or self._channel.is_closed:
                 return
             await self._verify()
 
