@@ -229,7 +229,9 @@ class Fleet:
         if existing is not None:
             silent = max(silent, now - existing.last_seen)
         if silent < thresholds.inactive_after:
-            state, last_seen = WorkerState.ACTIVE, now
+            # The full threshold runs from the first time the worker was seeded, not the last.
+            state = WorkerState.ACTIVE
+            last_seen = existing.last_seen if existing is not None else now
         elif silent < thresholds.offline_after:
             state, last_seen = WorkerState.INACTIVE, now - silent
         else:

@@ -168,9 +168,9 @@ class ExchangeMonitor:
         return False
 
     async def _reconcile_session(self, spec: ExchangeSpec) -> None:
-        if self._session is not None:
-            self._session.spec = spec
         if not self._session_needs_renewal(spec):
+            if self._session is not None:
+                self._session.spec = spec  # thresholds and the like apply in place
             return
         try:
             connections = await resolve_connections(

@@ -260,6 +260,19 @@ def test_seeding_twice_keeps_the_stronger_evidence(fleet: Fleet, clock: FakeCloc
     assert fleet.counts == {ACTIVE: 0, INACTIVE: 0, OFFLINE: 1}
 
 
+def test_seeding_again_without_proof_does_not_extend_the_threshold(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    """The Manager's rows are read every few minutes: a worker never heard of must still expire
+    one threshold after it was first seeded, not one threshold after the last reading."""
+    assert fleet.seed("quiet", "builder", ACTIVE, None)
+    for _ in range(5):
+        clock.advance(100)
+        assert fleet.seed("quiet", "builder", ACTIVE, None)
+    clock.advance(100)
+    assert moves(fleet.sweep()) == [("quiet", ACTIVE, INACTIVE)]
+
+
 def test_seeding_never_regresses_a_worker_already_heard(fleet: Fleet, clock: FakeClock) -> None:
     fleet.observe(beat("w1"))
     clock.advance(5)
