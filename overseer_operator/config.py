@@ -8,14 +8,18 @@ Secrets are read by the caller through ``SecretReader`` so this module stays fre
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from overseer_operator.conditions import Reason
 from overseer_operator.durations import parse_duration
 from overseer_operator.fleet import Thresholds
+from overseer_operator.heartbeat import is_name
 from overseer_operator.manager_client import ManagerSettings
 
 DEFAULT_QUEUE = "system_modules"
@@ -81,12 +85,62 @@ class ExchangeSpec:
         )
 
 
+# A Secret's name is a DNS subdomain and its keys are config-map keys (Kubernetes' own
+# validation); the CRD declares the same patterns. Nothing else may reach a Kubernetes API path.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+_SECRET_KEY = re.compile(SECRET_KEY_PATTERN)
+_MAX_NAME = 253
+
+
+def secret_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a DNS subdomain (a Secret's or a namespace's name), else None."""
+    if len(name) > _MAX_NAME or not _SECRET_NAME.fullmatch(name):
+        return (
+            f"{name[:80]!r} is not a DNS subdomain name (lower-case letters, digits, '-' and '.',"
+            f" starting and ending with a letter or digit, at most {_MAX_NAME} characters)"
+        )
+    return None
+
+
+def _secret_key_problem(key: str) -> str | None:
+    if len(key) > _MAX_NAME or not _SECRET_KEY.fullmatch(key) or key in (".", ".."):
+        return (
+            f"{key[:80]!r} is not a Secret key: letters, digits, '-', '_' and '.' only"
+            f" (not '.' or '..'), at most {_MAX_NAME} characters"
+        )
+    return None
+
+
 def _secret_ref(value: Any, path: str) -> SecretKeyRef | None:
     if value is None:
         return None
     if not isinstance(value, Mapping) or not value.get("name") or not value.get("key"):
         raise ConfigError(Reason.INVALID_SPEC, f"spec.{path} needs both name and key")
-    return SecretKeyRef(str(value["name"]), str(value["key"]))
+    name, key = value["name"], value["key"]
+    if not isinstance(name, str) or (problem := secret_name_problem(name)):
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.{path}.name: {problem or 'not a string'}; it names a Secret in the"
+            " resource's own namespace",
+        )
+    if not isinstance(key, str) or (problem := _secret_key_problem(key)):
+        raise ConfigError(Reason.INVALID_SPEC, f"spec.{path}.key: {problem or 'not a string'}")
+    return SecretKeyRef(name, key)
+
+
+def _module_type(value: Any) -> str:
+    """``spec.moduleType``, held to the rule a heartbeat's module type follows."""
+    if value is None:
+        return DEFAULT_MODULE_TYPE
+    if not (isinstance(value, str) and is_name(value)):
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.moduleType {value!r:.80} is not a module type: 1 to 64 letters, digits,"
+            " '.', '_', ':' or '-'",
+        )
+    return value
 
 
 def _duration(section: Mapping[str, Any], key: str, default: str, path: str) -> float:
@@ -129,7 +183,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
     return ExchangeSpec(
         exchange_id=exchange_id,
         broker_id=broker_id,
-        module_type=str(spec.get("moduleType") or DEFAULT_MODULE_TYPE),
+        module_type=_module_type(spec.get("moduleType")),
         queue=str(queues.get("systemModules") or DEFAULT_QUEUE),
         prefetch=int(amqp.get("prefetch") or DEFAULT_PREFETCH),
         thresholds=Thresholds(inactive_after, offline_after, forget_after),
@@ -161,6 +215,9 @@ class OperatorEnvironment:
     legacy_exchange_id: str | None = None
     legacy_broker_id: str | None = None
     legacy_queue: str | None = None
+    # Hosts ("host" or "host:port", lower case) besides those of MANAGER_URL and OAUTH_LOGIN_URL
+    # that a spec's manager.url or oauth.loginUrl may name and still use the default credentials.
+    manager_allowed_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
@@ -179,6 +236,7 @@ class OperatorEnvironment:
             legacy_exchange_id=get("EXCHANGE_ID"),
             legacy_broker_id=get("BROKER_ID"),
             legacy_queue=get("SYSTEM_MODULES_QUEUE_NAME"),
+            manager_allowed_hosts=_allowed_hosts(get("MANAGER_ALLOWED_HOSTS") or ""),
         )
 
 
@@ -189,6 +247,56 @@ class Connections:
     manager: ManagerSettings
     amqp_url: str | None = field(default=None, repr=False)  # None: resolve from the Manager
     amqp_ca_data: str | None = field(default=None, repr=False)
+
+
+def _allowed_hosts(text: str) -> frozenset[str]:
+    return frozenset(host.strip().lower() for host in text.split(",") if host.strip())
+
+
+def _http_url(url: str) -> httpx.URL | None:
+    """``url`` parsed as httpx will send it, if it is an absolute http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return parsed
+
+
+def _same_url(url: str, default: str | None) -> bool:
+    return default is not None and url.rstrip("/") == default.rstrip("/")
+
+
+def _host_allowed(url: str, env: OperatorEnvironment) -> bool:
+    """Whether the administrator listed ``url``'s server in ``MANAGER_ALLOWED_HOSTS``."""
+    parsed = _http_url(url)
+    if parsed is None or parsed.userinfo:
+        return False
+    host = parsed.host.lower()
+    # A bare host allows https on its default port; "host:port" allows that port (http or https).
+    if parsed.port is None:
+        return parsed.scheme == "https" and host in env.manager_allowed_hosts
+    return f"{host}:{parsed.port}" in env.manager_allowed_hosts
+
+
+def _check_default_credentials_stay_home(spec: ExchangeSpec, env: OperatorEnvironment) -> None:
+    """The operator's own client secret (and the token it buys) go only to the operator's own
+    Manager and login URLs, or to hosts its administrator allowed; a spec naming another server
+    must bring its own credentials (``clientSecretRef``)."""
+    for name, url, default in (
+        ("manager.url", spec.manager_url, env.manager_url),
+        ("manager.oauth.loginUrl", spec.login_url, env.login_url),
+    ):
+        if url is None or _same_url(url, default) or _host_allowed(url, env):
+            continue
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.{name} {url!r:.200} is not the operator's own Manager, so the operator's"
+            " default client secret is not sent there: set spec.manager.oauth.clientSecretRef"
+            " to this Manager's own credentials, or ask the operator's administrator to list"
+            " the host in MANAGER_ALLOWED_HOSTS",
+        )
 
 
 def _read_file(path: str | None) -> str | None:
@@ -205,10 +313,20 @@ async def resolve_connections(
     manager_url = spec.manager_url or env.manager_url
     login_url = spec.login_url or env.login_url
     client_id = spec.client_id or env.client_id
+    for name, url in (
+        ("manager.url", spec.manager_url),
+        ("manager.oauth.loginUrl", spec.login_url),
+    ):
+        if url is not None and _http_url(url) is None:
+            raise ConfigError(
+                Reason.INVALID_SPEC, f"spec.{name} {url!r:.200} is not an http:// or https:// URL"
+            )
     if spec.client_secret_ref is not None:
         client_secret: str | None = (await read_secret(spec.client_secret_ref)).strip()
     else:
         client_secret = env.client_secret
+        if client_secret:
+            _check_default_credentials_stay_home(spec, env)
     missing = [
         name
         for name, value in (

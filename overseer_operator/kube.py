@@ -14,13 +14,14 @@ import ssl
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from overseer_operator.conditions import Reason, format_time
-from overseer_operator.config import ConfigError, SecretKeyRef
+from overseer_operator.config import ConfigError, SecretKeyRef, secret_name_problem
 
 GROUP = "openaperture.io"
 VERSION = "v1alpha1"
@@ -115,7 +116,7 @@ class KubeApi:
         """The decoded value of one Secret key; a missing Secret or key is a ``ConfigError``."""
         try:
             response = await self._request(
-                "GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}"
+                "GET", f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(ref.name)}"
             )
         except KubeApiError as error:
             if error.status == 404:
@@ -187,6 +188,14 @@ class KubeApi:
             "count": 1,
         }
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
+
+
+def _name(name: str) -> str:
+    """A namespace's or Secret's name as one URL path segment; nothing else gets that far."""
+    problem = secret_name_problem(name)
+    if problem is not None:
+        raise ConfigError(Reason.INVALID_SPEC, problem)
+    return quote(name, safe="")
 
 
 def _is_json(response: httpx.Response) -> bool:
