@@ -8,7 +8,6 @@ Secrets are read by the caller through ``SecretReader`` so this module stays fre
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from overseer_operator.durations import parse_duration
 from overseer_operator.fleet import Thresholds
 from overseer_operator.heartbeat import is_name
 from overseer_operator.manager_client import ManagerSettings
+from overseer_operator.names import dns_subdomain_problem, secret_key_problem
 
 DEFAULT_QUEUE = "system_modules"
 DEFAULT_MODULE_TYPE = "overseer"
@@ -85,47 +85,19 @@ class ExchangeSpec:
         )
 
 
-# A Secret's name is a DNS subdomain and its keys are config-map keys (Kubernetes' own
-# validation); the CRD declares the same patterns. Nothing else may reach a Kubernetes API path.
-SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
-_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
-_SECRET_KEY = re.compile(SECRET_KEY_PATTERN)
-_MAX_NAME = 253
-
-
-def secret_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a DNS subdomain (a Secret's or a namespace's name), else None."""
-    if len(name) > _MAX_NAME or not _SECRET_NAME.fullmatch(name):
-        return (
-            f"{name[:80]!r} is not a DNS subdomain name (lower-case letters, digits, '-' and '.',"
-            f" starting and ending with a letter or digit, at most {_MAX_NAME} characters)"
-        )
-    return None
-
-
-def _secret_key_problem(key: str) -> str | None:
-    if len(key) > _MAX_NAME or not _SECRET_KEY.fullmatch(key) or key in (".", ".."):
-        return (
-            f"{key[:80]!r} is not a Secret key: letters, digits, '-', '_' and '.' only"
-            f" (not '.' or '..'), at most {_MAX_NAME} characters"
-        )
-    return None
-
-
 def _secret_ref(value: Any, path: str) -> SecretKeyRef | None:
     if value is None:
         return None
     if not isinstance(value, Mapping) or not value.get("name") or not value.get("key"):
         raise ConfigError(Reason.INVALID_SPEC, f"spec.{path} needs both name and key")
     name, key = value["name"], value["key"]
-    if not isinstance(name, str) or (problem := secret_name_problem(name)):
+    if not isinstance(name, str) or (problem := dns_subdomain_problem(name)):
         raise ConfigError(
             Reason.INVALID_SPEC,
             f"spec.{path}.name: {problem or 'not a string'}; it names a Secret in the"
             " resource's own namespace",
         )
-    if not isinstance(key, str) or (problem := _secret_key_problem(key)):
+    if not isinstance(key, str) or (problem := secret_key_problem(key)):
         raise ConfigError(Reason.INVALID_SPEC, f"spec.{path}.key: {problem or 'not a string'}")
     return SecretKeyRef(name, key)
 

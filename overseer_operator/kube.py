@@ -21,7 +21,8 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from overseer_operator.conditions import Reason, format_time
-from overseer_operator.config import ConfigError, SecretKeyRef, secret_name_problem
+from overseer_operator.config import ConfigError, SecretKeyRef
+from overseer_operator.names import dns_subdomain_problem
 
 GROUP = "openaperture.io"
 VERSION = "v1alpha1"
@@ -192,7 +193,7 @@ class KubeApi:
 
 def _name(name: str) -> str:
     """A namespace's or Secret's name as one URL path segment; nothing else gets that far."""
-    problem = secret_name_problem(name)
+    problem = dns_subdomain_problem(name)
     if problem is not None:
         raise ConfigError(Reason.INVALID_SPEC, problem)
     return quote(name, safe="")

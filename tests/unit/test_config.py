@@ -13,8 +13,6 @@ import yaml
 
 from overseer_operator.conditions import Reason
 from overseer_operator.config import (
-    SECRET_KEY_PATTERN,
-    SECRET_NAME_PATTERN,
     ConfigError,
     OperatorEnvironment,
     SecretKeyRef,
@@ -22,6 +20,8 @@ from overseer_operator.config import (
     resolve_connections,
 )
 from overseer_operator.heartbeat import NAME_PATTERN
+from overseer_operator.names import DNS_SUBDOMAIN_PATTERN as SECRET_NAME_PATTERN
+from overseer_operator.names import SECRET_KEY_PATTERN
 
 SECRET_REFS = {
     "manager.oauth.clientSecretRef": lambda ref: {"manager": {"oauth": {"clientSecretRef": ref}}},
