@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 from overseer_operator import defaults
+from overseer_operator.heartbeat import is_name
 from overseer_operator.kube import KubeApiError
 from overseer_operator.manager_client import ManagerSettings
 from overseer_operator.model import ConfigError, Reason, Thresholds
+from overseer_operator.names import dns_subdomain_problem, secret_key_problem
 from overseer_operator.times import parse_duration
 
 
@@ -35,7 +39,8 @@ class SecretKeyRef:
 
 
 SecretReader = Callable[[SecretKeyRef], Awaitable[str]]
-# The ``data`` of a Secret, by namespace and name; raises ``KubeApiError``.
+# The ``data`` of a Secret, by namespace and name; raises ``KubeApiError`` (``ValueError`` for a
+# name that is not one).
 SecretFetcher = Callable[[str, str], Awaitable[Mapping[str, str]]]
 
 
@@ -45,6 +50,8 @@ def secret_reader(fetch: SecretFetcher, namespace: str) -> SecretReader:
     async def read(ref: SecretKeyRef) -> str:
         try:
             data = await fetch(namespace, ref.name)
+        except ValueError as error:  # not a name the apiserver could be asked about
+            raise ConfigError(Reason.INVALID_SPEC, f"cannot read {ref}: {error}") from None
         except KubeApiError as error:
             if error.status == 404:
                 raise ConfigError(
@@ -116,7 +123,29 @@ def _secret_ref(value: Any, path: str) -> SecretKeyRef | None:
         return None
     if not isinstance(value, Mapping) or not value.get("name") or not value.get("key"):
         raise ConfigError(Reason.INVALID_SPEC, f"spec.{path} needs both name and key")
-    return SecretKeyRef(str(value["name"]), str(value["key"]))
+    name, key = value["name"], value["key"]
+    if not isinstance(name, str) or (problem := dns_subdomain_problem(name)):
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.{path}.name: {problem or 'not a string'}; it names a Secret in the"
+            " resource's own namespace",
+        )
+    if not isinstance(key, str) or (problem := secret_key_problem(key)):
+        raise ConfigError(Reason.INVALID_SPEC, f"spec.{path}.key: {problem or 'not a string'}")
+    return SecretKeyRef(name, key)
+
+
+def _module_type(value: Any) -> str:
+    """``spec.moduleType``, held to the rule a heartbeat's module type follows."""
+    if value is None:
+        return defaults.MODULE_TYPE
+    if not (isinstance(value, str) and is_name(value)):
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.moduleType {value!r:.80} is not a module type: 1 to 64 letters, digits,"
+            " '.', '_', ':' or '-'",
+        )
+    return value
 
 
 def _duration(section: Mapping[str, Any], key: str, default: str, path: str) -> float:
@@ -165,7 +194,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
     return ExchangeSpec(
         exchange_id=exchange_id,
         broker_id=broker_id,
-        module_type=str(spec.get("moduleType") or defaults.MODULE_TYPE),
+        module_type=_module_type(spec.get("moduleType")),
         queue=str(queues.get("systemModules") or defaults.QUEUE),
         prefetch=int(amqp.get("prefetch") or defaults.PREFETCH),
         thresholds=Thresholds(inactive_after, offline_after, forget_after),
@@ -199,6 +228,9 @@ class OperatorEnvironment:
     legacy_exchange_id: str | None = None
     legacy_broker_id: str | None = None
     legacy_queue: str | None = None
+    # Hosts ("host" or "host:port", lower case) besides those of MANAGER_URL and OAUTH_LOGIN_URL
+    # that a spec's manager.url or oauth.loginUrl may name and still use the default credentials.
+    manager_allowed_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
@@ -217,6 +249,7 @@ class OperatorEnvironment:
             legacy_exchange_id=get("EXCHANGE_ID"),
             legacy_broker_id=get("BROKER_ID"),
             legacy_queue=get("SYSTEM_MODULES_QUEUE_NAME"),
+            manager_allowed_hosts=_allowed_hosts(get("MANAGER_ALLOWED_HOSTS") or ""),
         )
 
 
@@ -249,6 +282,56 @@ def _check_ca_bundle(pem: str | None, ref: SecretKeyRef | None) -> None:
         ) from None
 
 
+def _allowed_hosts(text: str) -> frozenset[str]:
+    return frozenset(host.strip().lower() for host in text.split(",") if host.strip())
+
+
+def _http_url(url: str) -> httpx.URL | None:
+    """``url`` parsed as httpx will send it, if it is an absolute http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return parsed
+
+
+def _same_url(url: str, default: str | None) -> bool:
+    return default is not None and url.rstrip("/") == default.rstrip("/")
+
+
+def _host_allowed(url: str, env: OperatorEnvironment) -> bool:
+    """Whether the administrator listed ``url``'s server in ``MANAGER_ALLOWED_HOSTS``."""
+    parsed = _http_url(url)
+    if parsed is None or parsed.userinfo:
+        return False
+    host = parsed.host.lower()
+    # A bare host allows https on its default port; "host:port" allows that port (http or https).
+    if parsed.port is None:
+        return parsed.scheme == "https" and host in env.manager_allowed_hosts
+    return f"{host}:{parsed.port}" in env.manager_allowed_hosts
+
+
+def _check_default_credentials_stay_home(spec: ExchangeSpec, env: OperatorEnvironment) -> None:
+    """The operator's own client secret (and the token it buys) go only to the operator's own
+    Manager and login URLs, or to hosts its administrator allowed; a spec naming another server
+    must bring its own credentials (``clientSecretRef``)."""
+    for name, url, default in (
+        ("manager.url", spec.manager_url, env.manager_url),
+        ("manager.oauth.loginUrl", spec.login_url, env.login_url),
+    ):
+        if url is None or _same_url(url, default) or _host_allowed(url, env):
+            continue
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.{name} {url!r:.200} is not the operator's own Manager, so the operator's"
+            " default client secret is not sent there: set spec.manager.oauth.clientSecretRef"
+            " to this Manager's own credentials, or ask the operator's administrator to list"
+            " the host in MANAGER_ALLOWED_HOSTS",
+        )
+
+
 def _read_file(path: str | None) -> str | None:
     if path is None:
         return None
@@ -263,10 +346,20 @@ async def resolve_connections(
     manager_url = spec.manager_url or env.manager_url
     login_url = spec.login_url or env.login_url
     client_id = spec.client_id or env.client_id
+    for name, url in (
+        ("manager.url", spec.manager_url),
+        ("manager.oauth.loginUrl", spec.login_url),
+    ):
+        if url is not None and _http_url(url) is None:
+            raise ConfigError(
+                Reason.INVALID_SPEC, f"spec.{name} {url!r:.200} is not an http:// or https:// URL"
+            )
     if spec.client_secret_ref is not None:
         client_secret: str | None = (await read_secret(spec.client_secret_ref)).strip()
     else:
         client_secret = env.client_secret
+        if client_secret:
+            _check_default_credentials_stay_home(spec, env)
     missing = [
         name
         for name, value in (

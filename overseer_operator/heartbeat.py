@@ -42,8 +42,11 @@ UNKNOWN_MODULE_TYPE = "unknown"
 
 WireFormat = Literal["etf", "json"]
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9._:-]{1,253}")
-_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # event types, module types and statuses
+# A hostname becomes a Manager path segment (DELETE .../modules/{hostname}): it starts with a
+# letter or digit, so "." and ".." (which would name the exchange itself) cannot pass.
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")
+NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"  # event types, module types and statuses
+_NAME = re.compile(NAME_PATTERN[1:-1])
 _MAX_ATOM_CHARS = 255  # Erlang refuses longer atoms
 
 _VERSION = 131
@@ -71,6 +74,11 @@ class MessageRejected(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` is usable as an event type, a module type or a status."""
+    return _NAME.fullmatch(value) is not None
 
 
 def decode_message(body: bytes) -> DecodedMessage:

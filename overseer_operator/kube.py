@@ -15,12 +15,14 @@ import ssl
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from overseer_operator import defaults
+from overseer_operator.names import dns_subdomain_problem
 from overseer_operator.times import format_time
 
 GROUP = "openaperture.io"
@@ -113,8 +115,10 @@ class KubeApi:
         return f"{path}/{name}" if name else path
 
     async def get_secret_data(self, namespace: str, name: str) -> Mapping[str, str]:
-        """The base64-encoded ``data`` of one Secret."""
-        response = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        """The base64-encoded ``data`` of one Secret; ``ValueError`` for a name that is not one."""
+        response = await self._request(
+            "GET", f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+        )
         data = response.json().get("data") or {}
         return data if isinstance(data, dict) else {}
 
@@ -164,6 +168,14 @@ class KubeApi:
             "count": 1,
         }
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
+
+
+def _name(name: str) -> str:
+    """A namespace's or Secret's name as one URL path segment; nothing else gets that far."""
+    problem = dns_subdomain_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return quote(name, safe="")
 
 
 def _is_json(response: httpx.Response) -> bool:

@@ -60,6 +60,17 @@ class ManagerRejected(ManagerError):
         self.message = message
 
 
+class UnsafePathSegment(ManagerRejected):
+    """A value that cannot stand as one URL path segment ("", "." or ".."); nothing was sent.
+
+    A ``ManagerRejected``, since, as with a 4xx, retrying cannot help (status 0: never sent)."""
+
+    def __init__(self, value: str) -> None:
+        ManagerError.__init__(self, f"{value!r} cannot be a Manager URL path segment; not sent")
+        self.status = 0
+        self.message = str(self)
+
+
 @dataclass(frozen=True)
 class ManagerSettings:
     url: str
@@ -147,6 +158,7 @@ class ManagerClient:
         jitter: Callable[[], float] = random.random,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
     ) -> None:
         self._settings = settings
         self._sleep = sleep
@@ -165,6 +177,7 @@ class ManagerClient:
             },
             timeout=httpx.Timeout(settings.timeout),
             verify=verify,
+            transport=transport,
         )
         self._auth = ManagerAuth(
             TokenSource(
@@ -232,7 +245,7 @@ class ManagerClient:
 
     async def delete_module(self, exchange_id: str, hostname: str) -> bool:
         """True if rows were deleted, False if there were none (already gone is success)."""
-        path = f"{_exchange_path(exchange_id)}/modules/{quote(hostname, safe='')}"
+        path = f"{_exchange_path(exchange_id)}/modules/{_segment(hostname)}"
         response = await self._request("DELETE", path, also_ok=(404,))
         return response.status_code != 404
 
@@ -249,7 +262,7 @@ class ManagerClient:
         )
 
     async def get_broker(self, broker_id: str) -> BrokerRecord:
-        path = f"/messaging/brokers/{quote(broker_id, safe='')}"
+        path = f"/messaging/brokers/{_segment(broker_id)}"
         record = _json_object(await self._request("GET", path), "GET", path)
         return BrokerRecord(
             id=_id(record.get("id")) or broker_id,
@@ -258,7 +271,7 @@ class ManagerClient:
         )
 
     async def list_broker_connections(self, broker_id: str) -> list[BrokerConnection]:
-        path = f"/messaging/brokers/{quote(broker_id, safe='')}/connections"
+        path = f"/messaging/brokers/{_segment(broker_id)}/connections"
         rows = _json(await self._request("GET", path), "GET", path)
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
             raise ManagerError(f"GET {path}: expected a list of connections")
@@ -333,7 +346,21 @@ class ManagerClient:
 
 
 def _exchange_path(exchange_id: str) -> str:
-    return f"/messaging/exchanges/{quote(exchange_id, safe='')}"
+    return f"/messaging/exchanges/{_segment(exchange_id)}"
+
+
+def _segment(value: str) -> str:
+    """``value`` as exactly one path segment: the one way every id and hostname enters a path.
+
+    Everything but RFC 3986's unreserved characters is percent-encoded, so "/", "?", "#", "%"
+    and "\\" cannot act; "", "." and "..", which httpx, proxies and servers resolve to another
+    route (DELETE .../modules/.. would delete the exchange), are refused."""
+    if value in ("", ".", ".."):
+        raise UnsafePathSegment(value)
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:  # a lone surrogate: not text any server could match
+        raise UnsafePathSegment(value) from None
 
 
 def _retryable(status: int) -> bool:

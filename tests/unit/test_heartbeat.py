@@ -230,6 +230,25 @@ def test_rejects_unusable_messages(body: bytes, reason: str) -> None:
     assert rejected_reason(body) == reason
 
 
+@pytest.mark.parametrize("hostname", [".", "..", "...", ".hidden", "-x", "_x", ":", "::1"])
+@pytest.mark.parametrize("encode", ["etf", "json"])
+def test_a_hostname_must_start_with_a_letter_or_digit(hostname: str, encode: str) -> None:
+    # "..", sent as a path segment, would name the exchange itself: DELETE would remove it.
+    if encode == "etf":
+        body = etf(status_fields(hostname=Binary(hostname.encode())))
+    else:
+        body = json.dumps({"event_type": "status", "hostname": hostname}).encode()
+    assert rejected_reason(body) == "invalid_hostname"
+
+
+@pytest.mark.parametrize(
+    "hostname", ["007aaefbbcc9", "h", "worker-1.example.com.", "10.0.0.7", "fe80::1", "a_b:c"]
+)
+def test_usable_hostnames(hostname: str) -> None:
+    body = json.dumps({"event_type": "status", "hostname": hostname}).encode()
+    assert decode_message(body).heartbeat.hostname == hostname
+
+
 def test_accepts_nesting_up_to_the_limit() -> None:
     # The map is at depth 0 and the workload at 1, so its innermost list is at MAX_DEPTH.
     body = etf(status_fields(workload=nested_lists(MAX_DEPTH - 1)))
