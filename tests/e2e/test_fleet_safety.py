@@ -17,10 +17,12 @@ import aio_pika
 import pytest
 
 from devtools.manager_emulator import ManagerEmulator
+from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import (
     Exchange,
     apply_exchange,
     condition,
+    create_secret,
     eventually,
     get_exchange,
     manager_calls,
@@ -242,3 +244,53 @@ def test_the_operators_own_row_stays_active_with_a_physical_queue_name(
     assert manager_states(manager, exchange.exchange_id).get("overseer-e2e") == "active"
     assert ("POST", "inactive") not in manager_calls(manager, exchange.exchange_id, "overseer-e2e")
     assert operator.metric("overseer_heartbeats_received_total") > 0
+
+
+def test_a_spec_edit_that_cannot_be_applied_stops_consuming_the_old_queue(
+    kubectl, namespace, manager, exchange, workers, start_operator, rabbitmq_api
+):
+    """A new queue and a Secret that does not exist yet: the old session must not go on
+    consuming the queue the spec no longer names (while the status names the new one)."""
+    operator = start_fleet(kubectl, namespace, manager, exchange, workers, start_operator, "moved")
+    moved = Exchange(
+        exchange.exchange_id,
+        exchange.broker_id,
+        exchange.root_exchange_name,
+        exchange.routing_key,
+        f"{exchange.queue}.v2",
+    )
+    provision(rabbitmq_api, moved)
+    try:
+        patch_spec(
+            kubectl,
+            namespace,
+            "moved",
+            queues={"systemModules": moved.queue},
+            manager={"oauth": {"clientSecretRef": {"name": "later", "key": "clientSecret"}}},
+        )
+        eventually(
+            lambda: ready(kubectl, namespace, "moved").get("reason") == "SecretNotFound",
+            timeout=30,
+            what="Ready=False SecretNotFound",
+        )
+        eventually(
+            lambda: rabbitmq_api.queue(exchange.queue).get("consumers") == 0,
+            timeout=30,
+            what="the old queue no longer consumed",
+        )
+        time.sleep(8)  # longer than offlineAfter: nothing is consumed, nobody may be judged
+        assert_fleet_untouched(manager, exchange, operator)
+
+        create_secret(kubectl, namespace, "later", clientSecret=CLIENT_SECRET)
+        eventually(
+            lambda: rabbitmq_api.queue(moved.queue).get("consumers") == 1,
+            timeout=60,
+            what="the new queue consumed once the Secret exists",
+        )
+        eventually(
+            lambda: ready(kubectl, namespace, "moved").get("status") == "True",
+            timeout=30,
+            what="Ready",
+        )
+    finally:
+        rabbitmq_api.delete_queue(moved.queue)
