@@ -134,15 +134,18 @@ class StatusWriter:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        checked_at = float("-inf")  # the last refresh check that found nothing to write
         while True:
-            wait_for = max(0.0, self._written_at + self._refresh_interval - loop.time())
+            refresh_due = max(self._written_at, checked_at) + self._refresh_interval
+            wait_for = max(0.0, refresh_due - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=wait_for)
             # Let a burst of changes settle into one patch.
             await asyncio.sleep(max(0.0, self._written_at + self._min_interval - loop.time()))
             self._dirty.clear()
             try:
-                await self.write_if_due()
+                if not await self.write_if_due():
+                    checked_at = loop.time()  # unchanged: look again one interval later
             except KubeApiError as error:
                 logger.warning(
                     "Status of %s/%s not written: %s", self._namespace, self._name, error
