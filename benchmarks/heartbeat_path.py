@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from overseer_operator.fleet import Fleet, Thresholds
-from overseer_operator.heartbeat import Heartbeat, decode_message, encode_etf, encode_json
+from overseer_operator.fleet import Fleet
+from overseer_operator.heartbeat import decode_message, encode_etf, encode_json
+from overseer_operator.model import Heartbeat, Thresholds
 
 WORKLOAD = [{"description": "building workflow 123"}]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import aio_pika
 import httpx
 
-from overseer_operator.testing.manager_emulator import ManagerEmulator
+from devtools.manager_emulator import ManagerEmulator
 from tests.fixtures.operator import free_port
 from tests.fixtures.testbed import parse_env
 
@@ -121,7 +121,7 @@ def run_one(env: dict[str, str], refresh: str, workers: int, window: float) -> d
             [
                 sys.executable,
                 "-m",
-                "overseer_operator.testing.simulator",
+                "devtools.simulator",
                 "--amqp-url",
                 env["AMQP_URL"],
                 "--exchange",

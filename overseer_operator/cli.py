@@ -1,4 +1,4 @@
-"""``overseer-operator``: run the operator, or simulate workers for a demo."""
+"""``overseer-operator``: the operator's command line (``run``)."""
 
 from __future__ import annotations
 
@@ -52,12 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything, kopf's internals too")
-
-    commands.add_parser(
-        "simulate-workers",
-        add_help=False,
-        help="publish heartbeats of simulated workers (see simulate-workers --help)",
-    )
     return parser
 
 

@@ -10,54 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-
-class ConditionType(StrEnum):
-    READY = "Ready"
-    BROKER_CONNECTED = "BrokerConnected"
-    MANAGER_SYNCED = "ManagerSynced"
-    WORKERS_HEALTHY = "WorkersHealthy"
-    STALLED = "Stalled"
-
-
-class Reason(StrEnum):
-    """Every reason the operator writes; ``docs/operations.md`` explains each."""
-
-    MONITORING = "Monitoring"
-    STARTING = "Starting"
-    STOPPING = "Stopping"
-    # Configuration problems: a human must act (Ready=False and Stalled=True).
-    INVALID_SPEC = "InvalidSpec"
-    SECRET_NOT_FOUND = "SecretNotFound"
-    INVALID_BROKER_URL = "InvalidBrokerUrl"
-    MANAGER_UNAUTHORIZED = "ManagerUnauthorized"
-    QUEUE_NOT_FOUND = "QueueNotFound"
-    # Transient problems: the operator keeps retrying by itself.
-    BROKER_UNREACHABLE = "BrokerUnreachable"
-    MANAGER_UNREACHABLE = "ManagerUnreachable"
-    # Sub-conditions.
-    CONSUMING = "Consuming"
-    CONNECTING = "Connecting"
-    SYNCED = "Synced"
-    WRITES_PENDING = "WritesPending"
-    ALL_ACTIVE = "AllActive"
-    NO_WORKERS = "NoWorkers"
-    WORKERS_INACTIVE = "WorkersInactive"
-    WORKERS_OFFLINE = "WorkersOffline"
-    CONFIGURATION_VALID = "ConfigurationValid"
-
-
-CONFIGURATION_REASONS = frozenset(
-    {
-        Reason.INVALID_SPEC,
-        Reason.SECRET_NOT_FOUND,
-        Reason.INVALID_BROKER_URL,
-        Reason.MANAGER_UNAUTHORIZED,
-        Reason.QUEUE_NOT_FOUND,
-    }
-)
+from overseer_operator.model import ConditionType, Reason, Verdict
+from overseer_operator.times import format_time, parse_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +25,7 @@ class Condition:
     last_transition_time: datetime
 
     def as_dict(self, observed_generation: int | None) -> dict[str, Any]:
-        condition = {
+        condition: dict[str, Any] = {
             "type": self.type,
             "status": self.status,
             "reason": self.reason,
@@ -79,20 +35,6 @@ class Condition:
         if observed_generation is not None:
             condition["observedGeneration"] = observed_generation
         return condition
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with second precision, as Kubernetes writes ``metav1.Time``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def status_word(value: bool | None) -> str:
@@ -117,19 +59,18 @@ class ConditionSet:
                 last_transition_time=moment,
             )
 
-    def set(self, type_: ConditionType, status: bool | None, reason: Reason, message: str) -> bool:
-        word = status_word(status)
+    def set(self, type_: ConditionType, verdict: Verdict) -> bool:
+        word = status_word(verdict.status)
         current = self._conditions.get(type_)
         if current is None or current.status != word:
-            self._conditions[type_] = Condition(type_, word, reason, message, self._now())
+            self._conditions[type_] = Condition(
+                type_, word, verdict.reason, verdict.message, self._now()
+            )
             return True
-        if (current.reason, current.message) == (reason, message):
+        if (current.reason, current.message) == (verdict.reason, verdict.message):
             return False
-        self._conditions[type_] = replace(current, reason=reason, message=message)
+        self._conditions[type_] = replace(current, reason=verdict.reason, message=verdict.message)
         return True
-
-    def get(self, type_: ConditionType) -> Condition | None:
-        return self._conditions.get(type_)
 
     def as_list(self, observed_generation: int | None) -> list[dict[str, Any]]:
         order = {type_.value: index for index, type_ in enumerate(ConditionType)}

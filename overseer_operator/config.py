@@ -2,34 +2,31 @@
 
 ``parse_spec`` is pure and checks what the CRD schema cannot (it also guards resources written
 before a schema change). ``OperatorEnvironment`` is the only place that reads ``os.environ``.
-Secrets are read by the caller through ``SecretReader`` so this module stays free of I/O.
+Secrets come through a ``SecretReader``; ``secret_reader`` turns the Kubernetes API's answers
+into the condition reasons a user acts on.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from overseer_operator.conditions import Reason
-from overseer_operator.durations import parse_duration
-from overseer_operator.fleet import Thresholds
+import httpx
+
+from overseer_operator import defaults
+from overseer_operator.heartbeat import is_name
+from overseer_operator.kube import KubeApiError
 from overseer_operator.manager_client import ManagerSettings
-
-DEFAULT_QUEUE = "system_modules"
-DEFAULT_MODULE_TYPE = "overseer"
-DEFAULT_PREFETCH = 200
-
-
-class ConfigError(Exception):
-    """A configuration problem a human must fix; ``reason`` is the condition reason."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+from overseer_operator.model import ConfigError, Reason, Thresholds
+from overseer_operator.names import dns_subdomain_problem, secret_key_problem
+from overseer_operator.times import parse_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +39,46 @@ class SecretKeyRef:
 
 
 SecretReader = Callable[[SecretKeyRef], Awaitable[str]]
+# The ``data`` of a Secret, by namespace and name; raises ``KubeApiError`` (``ValueError`` for a
+# name that is not one).
+SecretFetcher = Callable[[str, str], Awaitable[Mapping[str, str]]]
+
+
+def secret_reader(fetch: SecretFetcher, namespace: str) -> SecretReader:
+    """Read Secret keys in ``namespace`` only; every failure is a ``ConfigError`` with a reason."""
+
+    async def read(ref: SecretKeyRef) -> str:
+        try:
+            data = await fetch(namespace, ref.name)
+        except ValueError as error:  # not a name the apiserver could be asked about
+            raise ConfigError(Reason.INVALID_SPEC, f"cannot read {ref}: {error}") from None
+        except KubeApiError as error:
+            if error.status == 404:
+                raise ConfigError(
+                    Reason.SECRET_NOT_FOUND,
+                    f"Secret {ref.name!r} not found in namespace {namespace!r}",
+                ) from None
+            if error.status == 403:
+                raise ConfigError(
+                    Reason.SECRET_FORBIDDEN,
+                    f"the operator may not read Secret {ref.name!r} in namespace {namespace!r}",
+                ) from None
+            raise ConfigError(
+                Reason.KUBERNETES_UNREACHABLE, f"cannot read Secret {ref.name!r}: {error}"
+            ) from None
+        encoded = data.get(ref.key)
+        if encoded is None:
+            raise ConfigError(
+                Reason.SECRET_NOT_FOUND, f"Secret {ref.name!r} has no key {ref.key!r}"
+            )
+        try:
+            return base64.b64decode(encoded).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigError(
+                Reason.INVALID_SPEC, f"Secret {ref.name!r} key {ref.key!r} is not UTF-8 text"
+            ) from None
+
+    return read
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +87,11 @@ class ExchangeSpec:
 
     exchange_id: str
     broker_id: str
-    module_type: str = DEFAULT_MODULE_TYPE
-    queue: str = DEFAULT_QUEUE
-    prefetch: int = DEFAULT_PREFETCH
-    thresholds: Thresholds = field(default_factory=lambda: Thresholds(600.0, 1200.0))
-    refresh_interval: float = 300.0
+    module_type: str = defaults.MODULE_TYPE
+    queue: str = defaults.QUEUE
+    prefetch: int = defaults.PREFETCH
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    refresh_interval: float = defaults.REFRESH_INTERVAL
     manager_url: str | None = None
     login_url: str | None = None
     client_id: str | None = None
@@ -86,7 +123,29 @@ def _secret_ref(value: Any, path: str) -> SecretKeyRef | None:
         return None
     if not isinstance(value, Mapping) or not value.get("name") or not value.get("key"):
         raise ConfigError(Reason.INVALID_SPEC, f"spec.{path} needs both name and key")
-    return SecretKeyRef(str(value["name"]), str(value["key"]))
+    name, key = value["name"], value["key"]
+    if not isinstance(name, str) or (problem := dns_subdomain_problem(name)):
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.{path}.name: {problem or 'not a string'}; it names a Secret in the"
+            " resource's own namespace",
+        )
+    if not isinstance(key, str) or (problem := secret_key_problem(key)):
+        raise ConfigError(Reason.INVALID_SPEC, f"spec.{path}.key: {problem or 'not a string'}")
+    return SecretKeyRef(name, key)
+
+
+def _module_type(value: Any) -> str:
+    """``spec.moduleType``, held to the rule a heartbeat's module type follows."""
+    if value is None:
+        return defaults.MODULE_TYPE
+    if not (isinstance(value, str) and is_name(value)):
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.moduleType {value!r:.80} is not a module type: 1 to 64 letters, digits,"
+            " '.', '_', ':' or '-'",
+        )
+    return value
 
 
 def _duration(section: Mapping[str, Any], key: str, default: str, path: str) -> float:
@@ -111,9 +170,15 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
         raise ConfigError(Reason.INVALID_SPEC, "spec.exchangeId and spec.brokerId are required")
 
     thresholds_spec = _section(spec, "thresholds")
-    inactive_after = _duration(thresholds_spec, "inactiveAfter", "10m", "thresholds")
-    offline_after = _duration(thresholds_spec, "offlineAfter", "20m", "thresholds")
-    forget_after = _duration(thresholds_spec, "forgetAfter", "1h", "thresholds")
+    inactive_after = _duration(
+        thresholds_spec, "inactiveAfter", defaults.INACTIVE_AFTER_TEXT, "thresholds"
+    )
+    offline_after = _duration(
+        thresholds_spec, "offlineAfter", defaults.OFFLINE_AFTER_TEXT, "thresholds"
+    )
+    forget_after = _duration(
+        thresholds_spec, "forgetAfter", defaults.FORGET_AFTER_TEXT, "thresholds"
+    )
     if inactive_after < 1:
         raise ConfigError(Reason.INVALID_SPEC, "spec.thresholds.inactiveAfter must be at least 1s")
     if offline_after <= inactive_after:
@@ -129,11 +194,13 @@ def parse_spec(spec: Mapping[str, Any]) -> ExchangeSpec:
     return ExchangeSpec(
         exchange_id=exchange_id,
         broker_id=broker_id,
-        module_type=str(spec.get("moduleType") or DEFAULT_MODULE_TYPE),
-        queue=str(queues.get("systemModules") or DEFAULT_QUEUE),
-        prefetch=int(amqp.get("prefetch") or DEFAULT_PREFETCH),
+        module_type=_module_type(spec.get("moduleType")),
+        queue=str(queues.get("systemModules") or defaults.QUEUE),
+        prefetch=int(amqp.get("prefetch") or defaults.PREFETCH),
         thresholds=Thresholds(inactive_after, offline_after, forget_after),
-        refresh_interval=_duration(manager, "refreshInterval", "5m", "manager"),
+        refresh_interval=_duration(
+            manager, "refreshInterval", defaults.REFRESH_INTERVAL_TEXT, "manager"
+        ),
         manager_url=manager.get("url") or None,
         login_url=oauth.get("loginUrl") or None,
         client_id=oauth.get("clientId") or None,
@@ -161,6 +228,9 @@ class OperatorEnvironment:
     legacy_exchange_id: str | None = None
     legacy_broker_id: str | None = None
     legacy_queue: str | None = None
+    # Hosts ("host" or "host:port", lower case) besides those of MANAGER_URL and OAUTH_LOGIN_URL
+    # that a spec's manager.url or oauth.loginUrl may name and still use the default credentials.
+    manager_allowed_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
@@ -179,6 +249,7 @@ class OperatorEnvironment:
             legacy_exchange_id=get("EXCHANGE_ID"),
             legacy_broker_id=get("BROKER_ID"),
             legacy_queue=get("SYSTEM_MODULES_QUEUE_NAME"),
+            manager_allowed_hosts=_allowed_hosts(get("MANAGER_ALLOWED_HOSTS") or ""),
         )
 
 
@@ -189,6 +260,76 @@ class Connections:
     manager: ManagerSettings
     amqp_url: str | None = field(default=None, repr=False)  # None: resolve from the Manager
     amqp_ca_data: str | None = field(default=None, repr=False)
+
+
+def _has_host(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:
+        return False
+
+
+def _check_ca_bundle(pem: str | None, ref: SecretKeyRef | None) -> None:
+    """A CA bundle that cannot be loaded is a configuration error, not a crash later."""
+    if pem is None:
+        return
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as error:
+        where = str(ref) if ref is not None else "the operator's CA bundle file"
+        raise ConfigError(
+            Reason.INVALID_SPEC, f"{where} does not hold a PEM CA bundle: {error}"
+        ) from None
+
+
+def _allowed_hosts(text: str) -> frozenset[str]:
+    return frozenset(host.strip().lower() for host in text.split(",") if host.strip())
+
+
+def _http_url(url: str) -> httpx.URL | None:
+    """``url`` parsed as httpx will send it, if it is an absolute http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return parsed
+
+
+def _same_url(url: str, default: str | None) -> bool:
+    return default is not None and url.rstrip("/") == default.rstrip("/")
+
+
+def _host_allowed(url: str, env: OperatorEnvironment) -> bool:
+    """Whether the administrator listed ``url``'s server in ``MANAGER_ALLOWED_HOSTS``."""
+    parsed = _http_url(url)
+    if parsed is None or parsed.userinfo:
+        return False
+    host = parsed.host.lower()
+    # A bare host allows https on its default port; "host:port" allows that port (http or https).
+    if parsed.port is None:
+        return parsed.scheme == "https" and host in env.manager_allowed_hosts
+    return f"{host}:{parsed.port}" in env.manager_allowed_hosts
+
+
+def _check_default_credentials_stay_home(spec: ExchangeSpec, env: OperatorEnvironment) -> None:
+    """The operator's own client secret (and the token it buys) go only to the operator's own
+    Manager and login URLs, or to hosts its administrator allowed; a spec naming another server
+    must bring its own credentials (``clientSecretRef``)."""
+    for name, url, default in (
+        ("manager.url", spec.manager_url, env.manager_url),
+        ("manager.oauth.loginUrl", spec.login_url, env.login_url),
+    ):
+        if url is None or _same_url(url, default) or _host_allowed(url, env):
+            continue
+        raise ConfigError(
+            Reason.INVALID_SPEC,
+            f"spec.{name} {url!r:.200} is not the operator's own Manager, so the operator's"
+            " default client secret is not sent there: set spec.manager.oauth.clientSecretRef"
+            " to this Manager's own credentials, or ask the operator's administrator to list"
+            " the host in MANAGER_ALLOWED_HOSTS",
+        )
 
 
 def _read_file(path: str | None) -> str | None:
@@ -205,10 +346,20 @@ async def resolve_connections(
     manager_url = spec.manager_url or env.manager_url
     login_url = spec.login_url or env.login_url
     client_id = spec.client_id or env.client_id
+    for name, url in (
+        ("manager.url", spec.manager_url),
+        ("manager.oauth.loginUrl", spec.login_url),
+    ):
+        if url is not None and _http_url(url) is None:
+            raise ConfigError(
+                Reason.INVALID_SPEC, f"spec.{name} {url!r:.200} is not an http:// or https:// URL"
+            )
     if spec.client_secret_ref is not None:
         client_secret: str | None = (await read_secret(spec.client_secret_ref)).strip()
     else:
         client_secret = env.client_secret
+        if client_secret:
+            _check_default_credentials_stay_home(spec, env)
     missing = [
         name
         for name, value in (
@@ -223,15 +374,19 @@ async def resolve_connections(
         raise ConfigError(Reason.INVALID_SPEC, "missing Manager settings: " + ", ".join(missing))
 
     manager_ca = await read_secret(spec.manager_ca_ref) if spec.manager_ca_ref else None
+    _check_ca_bundle(manager_ca, spec.manager_ca_ref)
     amqp_url = (await read_secret(spec.amqp_url_ref)).strip() if spec.amqp_url_ref else None
-    if amqp_url is not None and not amqp_url.startswith(("amqp://", "amqps://")):
+    if amqp_url is not None and (
+        not amqp_url.startswith(("amqp://", "amqps://")) or not _has_host(amqp_url)
+    ):
         raise ConfigError(
             Reason.INVALID_BROKER_URL,
-            f"{spec.amqp_url_ref} does not hold an amqp:// or amqps:// URL",
+            f"{spec.amqp_url_ref} does not hold an amqp:// or amqps:// URL with a host",
         )
     amqp_ca = (
         await read_secret(spec.amqp_ca_ref) if spec.amqp_ca_ref else _read_file(env.amqp_ca_bundle)
     )
+    _check_ca_bundle(amqp_ca, spec.amqp_ca_ref)
     return Connections(
         manager=ManagerSettings(
             url=manager_url,

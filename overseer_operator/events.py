@@ -11,11 +11,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from overseer_operator import metrics
-from overseer_operator.durations import format_duration
-from overseer_operator.fleet import Thresholds, Transition, WorkerState
+from overseer_operator import defaults, metrics
 from overseer_operator.kube import KubeApi, KubeApiError
+from overseer_operator.model import Thresholds, Transition, WorkerState
 from overseer_operator.ratelimit import RateLimiter
+from overseer_operator.times import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class EventRecorder:
         kube: KubeApi,
         involved: Mapping[str, Any],
         *,
-        capacity: int = 10,
+        capacity: int = defaults.EVENTS_PER_MINUTE,
         per_seconds: float = 60.0,
     ) -> None:
         self._kube = kube

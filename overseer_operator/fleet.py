@@ -22,91 +22,24 @@ import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from overseer_operator.heartbeat import DEFAULT_STATUS, Heartbeat
-
-
-class WorkerState(StrEnum):
-    ACTIVE = "active"
-    INACTIVE = "inactive"
-    OFFLINE = "offline"
-
+from overseer_operator.model import (
+    DEFAULT_STATUS,
+    FleetSnapshot,
+    Heartbeat,
+    Thresholds,
+    Transition,
+    WorkerState,
+    WorkerView,
+)
 
 _WORST_FIRST = {WorkerState.OFFLINE: 0, WorkerState.INACTIVE: 1, WorkerState.ACTIVE: 2}
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Seconds of silence before a worker is inactive, offline, and forgotten once offline."""
-
-    inactive_after: float
-    offline_after: float
-    forget_after: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.inactive_after < self.offline_after:
-            raise ValueError("thresholds need 0 < inactive_after < offline_after")
-        if self.forget_after < 0:
-            raise ValueError("forget_after must not be negative")
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A change the writers owe the Manager and the status.
-
-    ``previous is None`` is a worker new to the fleet. ``ACTIVE -> ACTIVE`` means an active worker
-    now reports another module type or status string, so its record must be rewritten.
-    ``due_at`` is when the rule fired (a threshold, or the heartbeat), ``at`` when it was emitted.
-    ``heartbeat`` is the worker's latest one, ``None`` if it was only seeded.
-    """
-
-    hostname: str
-    module_type: str
-    previous: WorkerState | None
-    current: WorkerState
-    heartbeat: Heartbeat | None
-    due_at: float
-    at: float
-
-    @property
-    def lag(self) -> float:
-        """How late the transition was detected."""
-        return self.at - self.due_at
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    """One worker as the writers see it; ``last_heartbeat_at`` is None if it was only seeded."""
-
-    hostname: str
-    module_type: str
-    state: WorkerState
-    last_seen: float
-    last_heartbeat_at: float | None = None
-    status: str = DEFAULT_STATUS
-    workload: list[Any] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class FleetSnapshot:
-    """Complete counts, the newest heartbeat's clock time, and the worst workers first."""
-
-    counts: dict[WorkerState, int]
-    last_heartbeat_at: float | None
-    workers: list[WorkerView]
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 class _Worker:
     __slots__ = (
         "epoch",
-        "heartbeat",
         "hostname",
         "last_heartbeat_at",
         "last_seen",
@@ -122,7 +55,6 @@ class _Worker:
         module_type: str,
         status: str,
         workload: list[Any],
-        heartbeat: Heartbeat | None,
         state: WorkerState,
         last_seen: float,
         last_heartbeat_at: float | None,
@@ -131,7 +63,6 @@ class _Worker:
         self.module_type = module_type
         self.status = status
         self.workload = workload
-        self.heartbeat = heartbeat
         self.state = state
         self.last_seen = last_seen  # fleet time (the clock minus time paused)
         self.last_heartbeat_at = last_heartbeat_at  # clock time
@@ -161,6 +92,10 @@ class Fleet:
         return self._thresholds
 
     @property
+    def counts(self) -> dict[WorkerState, int]:
+        return dict(self._counts)
+
+    @property
     def paused(self) -> bool:
         return self._paused_at is not None
 
@@ -179,14 +114,19 @@ class Fleet:
                 heartbeat.module_type,
                 heartbeat.status,
                 heartbeat.workload,
-                heartbeat,
                 WorkerState.ACTIVE,
                 now,
                 at,
             )
             self._add(worker)
             return Transition(
-                worker.hostname, worker.module_type, None, WorkerState.ACTIVE, heartbeat, at, at
+                worker.hostname,
+                worker.module_type,
+                None,
+                WorkerState.ACTIVE,
+                worker.workload,
+                at,
+                at,
             )
 
         previous = worker.state
@@ -197,7 +137,6 @@ class Fleet:
         worker.module_type = heartbeat.module_type
         worker.status = heartbeat.status
         worker.workload = heartbeat.workload
-        worker.heartbeat = heartbeat
         worker.last_seen = now
         worker.last_heartbeat_at = at
         if previous is WorkerState.ACTIVE:
@@ -207,16 +146,23 @@ class Fleet:
         else:
             self._move(worker, WorkerState.ACTIVE)
         return Transition(
-            worker.hostname, worker.module_type, previous, WorkerState.ACTIVE, heartbeat, at, at
+            worker.hostname,
+            worker.module_type,
+            previous,
+            WorkerState.ACTIVE,
+            worker.workload,
+            at,
+            at,
         )
 
-    def sweep(self) -> list[Transition]:
-        """Every transition whose threshold has passed, in the order they fell due."""
+    def sweep(self, limit: int | None = None) -> list[Transition]:
+        """Transitions whose threshold has passed, in the order they fell due; at most ``limit``
+        (the rest stay due for the next call, so a caller can yield between batches)."""
         if self._paused_at is not None:
             return []
         now, at = self._now(), self._clock()
         transitions: list[Transition] = []
-        while True:
+        while limit is None or len(transitions) < limit:
             active_due = self._active_deadline()
             timer_due = self._timer_deadline()
             if (
@@ -240,6 +186,7 @@ class Fleet:
                     self._counts[WorkerState.OFFLINE] -= 1
             else:
                 return transitions
+        return transitions
 
     def next_deadline(self) -> float | None:
         """The clock time at which ``sweep`` next has something to do; None if never or paused."""
@@ -254,38 +201,44 @@ class Fleet:
         self,
         hostname: str,
         module_type: str,
-        state: WorkerState,
+        shown: WorkerState,
         silent_for: float | None,
         workload: Iterable[Any] = (),
-    ) -> Transition | None:
+    ) -> bool:
         """Register a worker known from before a restart (a Manager row, the resource's status).
 
-        ``state`` is what that record shows; ``silent_for`` is a lower bound of how long the worker
-        has provably been silent, None without proof. Without proof of at least ``inactive_after``
-        the worker gets a full threshold to report (active from now); with it, it takes the state
-        its silence earns. Returns the transition the writers owe when the seeded state differs
-        from the one shown (active -> inactive: POST inactive; -> offline: DELETE), else None.
-        A worker already known (a heartbeat came first) is left alone.
+        ``shown`` is the state that record shows; ``silent_for`` is a lower bound of how long the
+        worker has provably been silent, None without proof. Without proof of ``inactive_after``
+        the worker gets a full threshold to report (from now, in fleet time); with it, it takes the
+        state its silence earns. Never a better state than the one shown: without a heartbeat
+        nobody comes back. A worker seeded twice keeps the stronger evidence; a worker already
+        heard is left alone (False). The writers are not told: what the records show versus what
+        the fleet now says is for the caller to settle, once verdicts may be given.
         """
-        if hostname in self._workers:
-            return None
-        now, at = self._now(), self._clock()
-        thresholds = self._thresholds
-        if silent_for is None or silent_for < thresholds.inactive_after:
-            current, last_seen, due_at = WorkerState.ACTIVE, now, at
-        elif silent_for < thresholds.offline_after:
-            current, last_seen = WorkerState.INACTIVE, now - silent_for
-            due_at = last_seen + thresholds.inactive_after + self._paused_for
+        existing = self._workers.get(hostname)
+        if existing is not None:
+            if existing.last_heartbeat_at is not None:
+                return False
+            self._remove(existing)
+        now, thresholds = self._now(), self._thresholds
+        silent = silent_for or 0.0
+        if shown is WorkerState.OFFLINE:
+            silent = max(silent, thresholds.offline_after)
+        elif shown is WorkerState.INACTIVE:
+            silent = max(silent, thresholds.inactive_after)
+        if existing is not None:
+            silent = max(silent, now - existing.last_seen)
+        if silent < thresholds.inactive_after:
+            # The full threshold runs from the first time the worker was seeded, not the last.
+            state = WorkerState.ACTIVE
+            last_seen = existing.last_seen if existing is not None else now
+        elif silent < thresholds.offline_after:
+            state, last_seen = WorkerState.INACTIVE, now - silent
         else:
-            current, last_seen = WorkerState.OFFLINE, now - silent_for
-            due_at = last_seen + thresholds.offline_after + self._paused_for
-        worker = _Worker(
-            hostname, module_type, DEFAULT_STATUS, list(workload), None, current, last_seen, None
-        )
-        self._add(worker)
-        if current is state:
-            return None
-        return Transition(hostname, module_type, state, current, None, due_at, at)
+            state, last_seen = WorkerState.OFFLINE, now - silent
+        workload = list(workload) or (existing.workload if existing is not None else [])
+        self._add(_Worker(hostname, module_type, DEFAULT_STATUS, workload, state, last_seen, None))
+        return True
 
     def pause(self) -> None:
         """Stop the fleet's time: nothing turns inactive or offline until ``resume``."""
@@ -329,6 +282,13 @@ class Fleet:
         self._workers[worker.hostname] = worker
         self._counts[worker.state] += 1
         self._place(worker)
+
+    def _remove(self, worker: _Worker) -> None:
+        del self._workers[worker.hostname]
+        self._counts[worker.state] -= 1
+        if worker.state is WorkerState.ACTIVE:
+            del self._active[worker.hostname]
+        worker.epoch = -1  # its heap entry, if any, is stale now
 
     def _move(self, worker: _Worker, state: WorkerState) -> None:
         self._counts[worker.state] -= 1
@@ -375,7 +335,7 @@ class Fleet:
             worker.module_type,
             previous,
             worker.state,
-            worker.heartbeat,
+            worker.workload,
             due + self._paused_for,
             at,
         )

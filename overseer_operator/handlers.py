@@ -12,7 +12,8 @@ from typing import Any
 
 import kopf
 
-from overseer_operator.config import DEFAULT_QUEUE, OperatorEnvironment
+from overseer_operator import defaults
+from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
 from overseer_operator.oauth import TokenCache
@@ -95,7 +96,7 @@ async def seed_legacy_exchange(
         "spec": {
             "exchangeId": exchange_id,
             "brokerId": broker_id,
-            "queues": {"systemModules": environment.legacy_queue or DEFAULT_QUEUE},
+            "queues": {"systemModules": environment.legacy_queue or defaults.QUEUE},
         },
     }
     if await kube.create_exchange(namespace, body):

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import erlang
 
+from overseer_operator.model import DEFAULT_STATUS, Heartbeat
+
 MAX_BODY_BYTES = 64 * 1024
 MAX_WORKLOAD_BYTES = 16 * 1024
 MAX_DEPTH = 32
@@ -37,12 +39,14 @@ MAX_INTEGER_BYTES = 8
 
 STATUS_EVENT = "status"
 UNKNOWN_MODULE_TYPE = "unknown"
-DEFAULT_STATUS = "active"
 
 WireFormat = Literal["etf", "json"]
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9._:-]{1,253}")
-_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # event types, module types and statuses
+# A hostname becomes a Manager path segment (DELETE .../modules/{hostname}): it starts with a
+# letter or digit, so "." and ".." (which would name the exchange itself) cannot pass.
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")
+NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"  # event types, module types and statuses
+_NAME = re.compile(NAME_PATTERN[1:-1])
 _MAX_ATOM_CHARS = 255  # Erlang refuses longer atoms
 
 _VERSION = 131
@@ -56,23 +60,12 @@ _BIG_INTEGERS = {110: 1, 111: 4}
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """A worker's status report, with the workload as plain JSON-able data."""
-
-    hostname: str
-    module_type: str
-    status: str
-    workload: list[Any]
-
-
-@dataclass(frozen=True, slots=True)
 class DecodedMessage:
     """A decoded message; ``heartbeat`` is set only for ``status`` events."""
 
     event_type: str
     format: WireFormat
     heartbeat: Heartbeat | None
-    workload_truncated: bool = False
 
 
 class MessageRejected(ValueError):
@@ -81,6 +74,11 @@ class MessageRejected(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` is usable as an event type, a module type or a status."""
+    return _NAME.fullmatch(value) is not None
 
 
 def decode_message(body: bytes) -> DecodedMessage:
@@ -277,9 +275,8 @@ def _message(document: Any, wire_format: WireFormat) -> DecodedMessage:
         workload = []
     elif not isinstance(workload, list):
         workload = [workload]
-    workload, truncated = _capped(workload)
     return DecodedMessage(
-        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, workload), truncated
+        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, _capped(workload))
     )
 
 
@@ -292,14 +289,14 @@ def _name_or_default(document: dict[str, Any], field: str, default: str, reason:
     return value
 
 
-def _capped(workload: list[Any]) -> tuple[list[Any], bool]:
+def _capped(workload: list[Any]) -> list[Any]:
     """The leading workload entries whose JSON fits in ``MAX_WORKLOAD_BYTES``."""
     size = 2  # the brackets
     for index, item in enumerate(workload):
         size += len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()) + 1
         if size > MAX_WORKLOAD_BYTES:
-            return workload[:index], True
-    return workload, False
+            return workload[:index]
+    return workload
 
 
 def _excerpt(value: Any) -> str:

@@ -1,5 +1,8 @@
 """The few Kubernetes API calls the monitors make themselves, over one async httpx client.
 
+Transport only: failures are ``KubeApiError`` with the HTTP status; what they mean to a user
+(a missing Secret, a forbidden one) is decided by the callers.
+
 kopf owns the watch, finalizers and daemons; status patches, Secrets, Events and the legacy
 resource seed go through this small client so that a long-running monitor can write whenever its
 writers decide, without waiting for a handler to return. Credentials are loaded the standard way
@@ -9,20 +12,20 @@ kopf uses too.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import ssl
 from collections.abc import Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from kopf import ConnectionInfo
 
-from overseer_operator.conditions import Reason, format_time
-from overseer_operator.config import ConfigError, SecretKeyRef
+from overseer_operator import defaults
 from overseer_operator.kubeconfig import CredentialsError, load_credentials
+from overseer_operator.names import dns_subdomain_problem
+from overseer_operator.times import format_time
 
 GROUP = "openaperture.io"
 VERSION = "v1alpha1"
@@ -86,7 +89,7 @@ class KubeApi:
             base_url=configuration.server,
             verify=_ssl_context(configuration),
             auth=_ConfigurationAuth(configuration),
-            timeout=httpx.Timeout(15.0),
+            timeout=httpx.Timeout(defaults.KUBERNETES_TIMEOUT),
             headers={"User-Agent": COMPONENT},
         )
         return cls(http)
@@ -111,35 +114,13 @@ class KubeApi:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
         return f"{path}/{name}" if name else path
 
-    async def read_secret_value(self, namespace: str, ref: SecretKeyRef) -> str:
-        """The decoded value of one Secret key; a missing Secret or key is a ``ConfigError``."""
-        try:
-            response = await self._request(
-                "GET", f"/api/v1/namespaces/{namespace}/secrets/{ref.name}"
-            )
-        except KubeApiError as error:
-            if error.status == 404:
-                raise ConfigError(
-                    Reason.SECRET_NOT_FOUND,
-                    f"Secret {ref.name!r} not found in namespace {namespace!r}",
-                ) from None
-            if error.status == 403:
-                raise ConfigError(
-                    Reason.SECRET_NOT_FOUND,
-                    f"the operator may not read Secret {ref.name!r} in namespace {namespace!r}",
-                ) from None
-            raise
-        encoded = (response.json().get("data") or {}).get(ref.key)
-        if encoded is None:
-            raise ConfigError(
-                Reason.SECRET_NOT_FOUND, f"Secret {ref.name!r} has no key {ref.key!r}"
-            )
-        try:
-            return base64.b64decode(encoded).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise ConfigError(
-                Reason.INVALID_SPEC, f"Secret {ref.name!r} key {ref.key!r} is not UTF-8 text"
-            ) from None
+    async def get_secret_data(self, namespace: str, name: str) -> Mapping[str, str]:
+        """The base64-encoded ``data`` of one Secret; ``ValueError`` for a name that is not one."""
+        response = await self._request(
+            "GET", f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+        )
+        data = response.json().get("data") or {}
+        return data if isinstance(data, dict) else {}
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self._request(
@@ -187,6 +168,14 @@ class KubeApi:
             "count": 1,
         }
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json=body)
+
+
+def _name(name: str) -> str:
+    """A namespace's or Secret's name as one URL path segment; nothing else gets that far."""
+    problem = dns_subdomain_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return quote(name, safe="")
 
 
 def _is_json(response: httpx.Response) -> bool:

@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
-from overseer_operator import __version__
+from overseer_operator import __version__, defaults
+from overseer_operator.backoff import Backoff, Sleep
 from overseer_operator.oauth import (
     Clock,
     ManagerAuth,
@@ -35,8 +36,6 @@ from overseer_operator.oauth import (
 )
 
 logger = logging.getLogger(__name__)
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class ManagerError(Exception):
@@ -61,6 +60,17 @@ class ManagerRejected(ManagerError):
         self.message = message
 
 
+class UnsafePathSegment(ManagerRejected):
+    """A value that cannot stand as one URL path segment ("", "." or ".."); nothing was sent.
+
+    A ``ManagerRejected``, since, as with a 4xx, retrying cannot help (status 0: never sent)."""
+
+    def __init__(self, value: str) -> None:
+        ManagerError.__init__(self, f"{value!r} cannot be a Manager URL path segment; not sent")
+        self.status = 0
+        self.message = str(self)
+
+
 @dataclass(frozen=True)
 class ManagerSettings:
     url: str
@@ -69,7 +79,7 @@ class ManagerSettings:
     client_secret: str = field(repr=False)
     ca_bundle: str | None = None  # path to a PEM CA bundle; None: the system's trust store
     ca_data: str | None = field(default=None, repr=False)  # PEM text, e.g. from a Secret
-    timeout: float = 10.0  # seconds, per attempt
+    timeout: float = defaults.MANAGER_TIMEOUT  # seconds, per attempt
     max_attempts: int = 4
 
     def __post_init__(self) -> None:
@@ -148,6 +158,7 @@ class ManagerClient:
         jitter: Callable[[], float] = random.random,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
     ) -> None:
         self._settings = settings
         self._sleep = sleep
@@ -166,6 +177,7 @@ class ManagerClient:
             },
             timeout=httpx.Timeout(settings.timeout),
             verify=verify,
+            transport=transport,
         )
         self._auth = ManagerAuth(
             TokenSource(
@@ -233,7 +245,7 @@ class ManagerClient:
 
     async def delete_module(self, exchange_id: str, hostname: str) -> bool:
         """True if rows were deleted, False if there were none (already gone is success)."""
-        path = f"{_exchange_path(exchange_id)}/modules/{quote(hostname, safe='')}"
+        path = f"{_exchange_path(exchange_id)}/modules/{_segment(hostname)}"
         response = await self._request("DELETE", path, also_ok=(404,))
         return response.status_code != 404
 
@@ -250,7 +262,7 @@ class ManagerClient:
         )
 
     async def get_broker(self, broker_id: str) -> BrokerRecord:
-        path = f"/messaging/brokers/{quote(broker_id, safe='')}"
+        path = f"/messaging/brokers/{_segment(broker_id)}"
         record = _json_object(await self._request("GET", path), "GET", path)
         return BrokerRecord(
             id=_id(record.get("id")) or broker_id,
@@ -259,7 +271,7 @@ class ManagerClient:
         )
 
     async def list_broker_connections(self, broker_id: str) -> list[BrokerConnection]:
-        path = f"/messaging/brokers/{quote(broker_id, safe='')}/connections"
+        path = f"/messaging/brokers/{_segment(broker_id)}/connections"
         rows = _json(await self._request("GET", path), "GET", path)
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
             raise ManagerError(f"GET {path}: expected a list of connections")
@@ -286,6 +298,7 @@ class ManagerClient:
     ) -> httpx.Response:
         """Send with retries; return a 2xx (or ``also_ok``) response, else raise ManagerError."""
         attempts = self._settings.max_attempts
+        backoff = self._new_backoff()
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._http.request(method, path, json=json, auth=self._auth)
@@ -315,7 +328,7 @@ class ManagerClient:
                 failure = f"HTTP {status}"
             if attempt == attempts:
                 break
-            delay = self._backoff(attempt)
+            delay = backoff.next_delay()
             logger.warning(
                 "Manager %s %s failed (%s); attempt %d of %d in %.2f s",
                 method,
@@ -328,13 +341,26 @@ class ManagerClient:
             await self._sleep(delay)
         raise ManagerUnavailable(f"{method} {path} failed after {attempts} attempts: {failure}")
 
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform between 0 and an exponentially growing, capped ceiling."""
-        return self._jitter() * min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
+    def _new_backoff(self) -> Backoff:
+        return Backoff(self._backoff_base, self._backoff_max, jitter=self._jitter)
 
 
 def _exchange_path(exchange_id: str) -> str:
-    return f"/messaging/exchanges/{quote(exchange_id, safe='')}"
+    return f"/messaging/exchanges/{_segment(exchange_id)}"
+
+
+def _segment(value: str) -> str:
+    """``value`` as exactly one path segment: the one way every id and hostname enters a path.
+
+    Everything but RFC 3986's unreserved characters is percent-encoded, so "/", "?", "#", "%"
+    and "\\" cannot act; "", "." and "..", which httpx, proxies and servers resolve to another
+    route (DELETE .../modules/.. would delete the exchange), are refused."""
+    if value in ("", ".", ".."):
+        raise UnsafePathSegment(value)
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:  # a lone surrogate: not text any server could match
+        raise UnsafePathSegment(value) from None
 
 
 def _retryable(status: int) -> bool:

@@ -4,34 +4,40 @@ Each worker has a short queue of owed operations. A worker that comes back repla
 still owed for it (``POST active`` deletes and re-inserts its row anyway); ``inactive`` then
 ``offline`` stay two calls, so the Manager sees the same sequence the legacy Overseer produced. A
 failed call stays at the head of its worker's queue and is retried with backoff; the consumer never
-waits for the Manager.
+waits for the Manager. Every operation has a sequence number, so a call that completes after a
+newer transition replaced its queue never removes the newer operation.
+
+Cost: O(1) per transition and per call (a FIFO of workers with work, a running count of what is
+owed), so a mass transition of 100,000 workers does not stall the event loop.
+
+The writer belongs to the monitor and outlives sessions: ``attach`` gives it the client of the
+current session; until then (and while the Manager is down) writes simply accumulate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import random
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from overseer_operator import metrics
-from overseer_operator.conditions import Reason
-from overseer_operator.fleet import Transition, WorkerState
-from overseer_operator.heartbeat import Heartbeat
+from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import (
     ManagerClient,
     ManagerError,
     ManagerRejected,
     ManagerUnauthorized,
 )
+from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
 
 logger = logging.getLogger(__name__)
 
-HealthCallback = Callable[[bool, Reason, str], None]
+HealthCallback = Callable[[Verdict], None]
 
 
 class Operation(StrEnum):
@@ -50,14 +56,15 @@ _OPERATION_FOR_STATE = {
 @dataclass(slots=True)
 class _Owed:
     module_type: str
-    workload: list[Any] = field(default_factory=list)
-    operations: deque[Operation] = field(default_factory=deque)
+    workload: list[Any]
+    operations: deque[tuple[int, Operation]] = field(default_factory=deque)
+    queued: bool = False  # in the writer's FIFO of workers with work
+    in_flight: bool = False
 
 
 class ManagerWriter:
     def __init__(
         self,
-        client: ManagerClient | None,
         exchange_id: str,
         refresh_interval: float,
         clock: Callable[[], float],
@@ -65,96 +72,110 @@ class ManagerWriter:
         labels: tuple[str, str],
         *,
         concurrency: int = 4,
-        max_backoff: float = 60.0,
+        backoff: Backoff | None = None,
     ) -> None:
-        self.client = client
         self.refresh_interval = refresh_interval
         self._exchange_id = exchange_id
         self._clock = clock
         self._on_health = on_health
         self._labels = labels
         self._concurrency = concurrency
-        self._max_backoff = max_backoff
-        self._owed: OrderedDict[str, _Owed] = OrderedDict()
-        self._in_flight: set[str] = set()
+        self._backoff = backoff or Backoff(2.0)
+        self._client: ManagerClient | None = None
+        self._attached = asyncio.Event()
+        self._owed: dict[str, _Owed] = {}
+        self._ready: deque[str] = deque()
+        self._pending = 0
         self._written_at: dict[str, float] = {}
         self._wake = asyncio.Event()
-        self._failures = 0
+        self._sequence = itertools.count()
 
     @property
     def pending(self) -> int:
-        return sum(len(owed.operations) for owed in self._owed.values())
+        """Operations owed to the Manager and not yet acknowledged by it."""
+        return self._pending
 
-    def apply(self, transition: Transition, workload: list[Any] | None = None) -> None:
-        """Owe the Manager whatever this transition changes.
+    def owes(self, hostname: str) -> bool:
+        """Whether a write for ``hostname`` is still owed (or in flight)."""
+        owed = self._owed.get(hostname)
+        return owed is not None and bool(owed.operations)
 
-        ``workload`` is the worker's last known one, for transitions no heartbeat came with.
-        """
-        operation = _OPERATION_FOR_STATE[transition.current]
+    def attach(self, client: ManagerClient) -> None:
+        """Write with ``client`` from now on (a new session's credentials)."""
+        self._client = client
+        self._attached.set()
+        self._wake.set()
+
+    def apply(self, transition: Transition) -> None:
+        """Owe the Manager whatever this transition changes."""
         owed = self._owed.get(transition.hostname)
         if owed is None:
-            owed = self._owed[transition.hostname] = _Owed(transition.module_type)
+            owed = self._owed[transition.hostname] = _Owed(
+                transition.module_type, transition.workload
+            )
         owed.module_type = transition.module_type
-        if transition.heartbeat is not None:
-            owed.workload = list(transition.heartbeat.workload)
-        elif workload is not None:
-            owed.workload = list(workload)
+        owed.workload = transition.workload
+        operation = _OPERATION_FOR_STATE[transition.current]
         if operation is Operation.ACTIVE:
+            self._pending -= len(owed.operations)
             owed.operations.clear()
-        if not owed.operations or owed.operations[-1] is not operation:
-            owed.operations.append(operation)
-        self._changed()
+        if not owed.operations or owed.operations[-1][1] is not operation:
+            owed.operations.append((next(self._sequence), operation))
+            self._pending += 1
+        self._queue(transition.hostname, owed)
 
     def observe_heartbeat(self, heartbeat: Heartbeat) -> None:
         """An active worker beat again: owe a refresh once ``refresh_interval`` has passed."""
         owed = self._owed.get(heartbeat.hostname)
         if owed is not None and owed.operations:
-            owed.workload = list(heartbeat.workload)
+            owed.workload = heartbeat.workload
             return
         written_at = self._written_at.get(heartbeat.hostname)
         if written_at is not None and self._clock() - written_at < self.refresh_interval:
             return
-        self._owed[heartbeat.hostname] = _Owed(
-            heartbeat.module_type, list(heartbeat.workload), deque([Operation.ACTIVE])
-        )
-        self._changed()
+        if owed is None:
+            owed = self._owed[heartbeat.hostname] = _Owed(heartbeat.module_type, heartbeat.workload)
+        owed.operations.append((next(self._sequence), Operation.ACTIVE))
+        self._pending += 1
+        self._queue(heartbeat.hostname, owed)
 
     def mark_written(self, hostname: str) -> None:
         """The Manager already holds a current record (seen at start-up): no write owed yet."""
         self._written_at[hostname] = self._clock()
 
-    def _changed(self) -> None:
-        metrics.MANAGER_PENDING.labels(*self._labels).set(self.pending)
+    def _queue(self, hostname: str, owed: _Owed) -> None:
+        if not owed.queued and not owed.in_flight:
+            owed.queued = True
+            self._ready.append(hostname)
+        metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
         self._wake.set()
 
-    def _next(self) -> str | None:
-        for hostname, owed in self._owed.items():
-            if owed.operations and hostname not in self._in_flight:
-                return hostname
-        return None
-
     async def run(self) -> None:
-        """Write what is owed, with ``client``, until cancelled."""
-        assert self.client is not None, "a session gives the writer its client before running it"
+        """Write what is owed until cancelled, once a client is attached."""
+        await self._attached.wait()
         await asyncio.gather(*(self._work() for _ in range(self._concurrency)))
 
     async def _work(self) -> None:
         while True:
-            hostname = self._next()
-            if hostname is None:
+            if not self._ready:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._in_flight.add(hostname)
+            hostname = self._ready.popleft()
+            owed = self._owed[hostname]
+            owed.queued = False
+            owed.in_flight = True
             try:
-                await self._write(hostname)
+                await self._write(hostname, owed)
             finally:
-                self._in_flight.discard(hostname)
-                self._wake.set()
+                owed.in_flight = False
+                if owed.operations:
+                    self._queue(hostname, owed)
+                elif self._owed.get(hostname) is owed:
+                    del self._owed[hostname]
 
-    async def _write(self, hostname: str) -> None:
-        owed = self._owed[hostname]
-        operation = owed.operations[0]
+    async def _write(self, hostname: str, owed: _Owed) -> None:
+        sequence, operation = owed.operations[0]
         try:
             await self._call(hostname, owed, operation)
         except ManagerRejected as error:
@@ -177,23 +198,22 @@ class ManagerWriter:
             else:
                 self._written_at[hostname] = self._clock()
         # A newer transition may have replaced the queue while the call was in flight.
-        if owed.operations and owed.operations[0] is operation:
+        if owed.operations and owed.operations[0][0] == sequence:
             owed.operations.popleft()
-        if not owed.operations and self._owed.get(hostname) is owed:
-            del self._owed[hostname]
-        self._failures = 0
-        metrics.MANAGER_PENDING.labels(*self._labels).set(self.pending)
-        if not self.pending:
+            self._pending -= 1
+        self._backoff.reset()
+        metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
+        if not self._pending:
             self._on_health(
-                True, Reason.SYNCED, "every worker transition was written to the Manager"
+                Verdict(True, Reason.SYNCED, "every worker transition was written to the Manager")
             )
 
     async def _call(self, hostname: str, owed: _Owed, operation: Operation) -> None:
-        assert self.client is not None
+        assert self._client is not None, "run() waits for a client"
         if operation is Operation.DELETE:
-            await self.client.delete_module(self._exchange_id, hostname)
+            await self._client.delete_module(self._exchange_id, hostname)
         else:
-            await self.client.upsert_module(
+            await self._client.upsert_module(
                 self._exchange_id, hostname, owed.module_type, operation.value, owed.workload
             )
 
@@ -202,7 +222,7 @@ class ManagerWriter:
 
     async def _failed(self, operation: Operation, reason: Reason, message: str) -> None:
         self._outcome(operation, "failure")
-        self._failures += 1
-        self._on_health(False, reason, f"{self.pending} Manager writes pending: {message}")
-        backoff = min(self._max_backoff, 2.0 ** min(self._failures, 10))
-        await asyncio.sleep(random.uniform(backoff / 2, backoff))
+        self._on_health(
+            Verdict(False, reason, f"{self._pending} Manager writes pending: {message}")
+        )
+        await self._backoff.wait()

@@ -32,7 +32,8 @@ MESSAGES_REJECTED = Counter(
 )
 MESSAGES_IGNORED = Counter(
     "overseer_messages_ignored_total",
-    "Decoded messages that are not status heartbeats (acked and ignored).",
+    "Decoded messages that are not status heartbeats (acked and ignored), by event type "
+    "(known types by name, any other as 'other').",
     [*_EXCHANGE, "event_type"],
     registry=REGISTRY,
 )
@@ -76,63 +77,54 @@ DETECTION_LAG = Histogram(
 
 QUEUE_BACKLOG = Gauge(
     "overseer_queue_backlog_messages",
-    "Messages waiting in the exchange's heartbeat queue.",
+    "Messages waiting in the heartbeat queue, as the broker last reported it.",
     list(_EXCHANGE),
     registry=REGISTRY,
 )
 VERDICTS_HELD = Gauge(
     "overseer_verdicts_held",
-    "1 while inactive/offline verdicts are held because the operator is behind on the queue or "
-    "draining its start-up backlog, else 0.",
+    "1 while inactive/offline verdicts are held: not consuming, draining the backlog that was "
+    "queued at start, or falling behind the queue.",
     list(_EXCHANGE),
     registry=REGISTRY,
 )
 TASK_CRASHES = Counter(
     "overseer_task_crashes_total",
-    "Unexpected crashes of a monitor's background tasks (each is restarted), by task.",
+    "Background tasks that crashed and were restarted, by task.",
     [*_EXCHANGE, "task"],
     registry=REGISTRY,
 )
 
 
-def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` for the operator's registry on ``address:port`` (a daemon thread)."""
-    start_http_server(port, addr=address, registry=REGISTRY)
-
-
 def start_exchange(namespace: str, name: str) -> None:
-    """Export the exchange's counters at 0 before anything happens, for every label value the
-    operator itself chooses: a counter that first appears at 1 hides that first increment from
-    ``rate()`` and ``increase()``, so the dashboard and the alerts would miss the first
-    transition or the first failed write."""
-    for state in ("active", "inactive", "offline"):
-        TRANSITIONS.labels(namespace, name, state)
+    """Export the exchange's write counters at 0 before anything happens, for every label value
+    the operator itself chooses: a counter that first appears at 1 hides that first increment from
+    ``rate()`` and ``increase()``, so the dashboard and the alerts would miss the first failed
+    write. (The tracker does the same for transitions and detection lag.)"""
     for operation in ("active", "inactive", "delete"):
         for outcome in ("success", "failure", "rejected"):
             MANAGER_WRITES.labels(namespace, name, operation, outcome)
     for kind in ("status", "event"):
         for outcome in ("success", "failure"):
             KUBERNETES_WRITES.labels(namespace, name, kind, outcome)
-    DETECTION_LAG.labels(namespace, name)
 
 
 def forget_exchange(namespace: str, name: str) -> None:
-    """Drop every series of an exchange whose resource was deleted."""
-    for metric in (
-        WORKERS,
-        HEARTBEATS_RECEIVED,
-        MESSAGES_REJECTED,
-        MESSAGES_IGNORED,
-        TRANSITIONS,
-        MANAGER_WRITES,
-        MANAGER_PENDING,
-        KUBERNETES_WRITES,
-        BROKER_CONNECTED,
-        DETECTION_LAG,
-        QUEUE_BACKLOG,
-        VERDICTS_HELD,
-        TASK_CRASHES,
-    ):
-        for labels in list(metric._metrics):
-            if labels[:2] == (namespace, name):
-                metric.remove(*labels)
+    """Drop every series of an exchange that is no longer monitored here."""
+    for collector in (
+        WORKERS, HEARTBEATS_RECEIVED, MESSAGES_REJECTED, MESSAGES_IGNORED, TRANSITIONS,
+        MANAGER_WRITES, MANAGER_PENDING, KUBERNETES_WRITES, BROKER_CONNECTED, DETECTION_LAG,
+        QUEUE_BACKLOG, VERDICTS_HELD, TASK_CRASHES,
+    ):  # fmt: skip
+        _remove_exchange(collector, namespace, name)
+
+
+def _remove_exchange(collector: Counter | Gauge | Histogram, namespace: str, name: str) -> None:
+    for labels in list(collector._metrics):  # prometheus_client offers no public enumeration
+        if labels[:2] == (namespace, name):
+            collector.remove(*labels)
+
+
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` for the operator's registry on ``address:port`` (a daemon thread)."""
+    start_http_server(port, addr=address, registry=REGISTRY)

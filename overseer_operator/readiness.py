@@ -10,12 +10,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from overseer_operator.conditions import CONFIGURATION_REASONS, ConditionType, Reason
-from overseer_operator.config import ConfigError
-from overseer_operator.consumer import BrokerState, BrokerStatus
-from overseer_operator.fleet import WorkerState
+from overseer_operator.model import (
+    BrokerState,
+    BrokerStatus,
+    ConditionType,
+    ConfigError,
+    Reason,
+    Verdict,
+    WorkerState,
+)
 
-Verdict = tuple[bool | None, Reason, str]  # status (None: Unknown), reason, message
+# The reasons a human must fix; anything else the operator retries by itself.
+CONFIGURATION_REASONS = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.SECRET_NOT_FOUND,
+        Reason.SECRET_FORBIDDEN,
+        Reason.INVALID_BROKER_URL,
+        Reason.MANAGER_UNAUTHORIZED,
+        Reason.QUEUE_NOT_FOUND,
+    }
+)
 
 _BROKER_REASONS = {
     BrokerState.CONNECTING: Reason.CONNECTING,
@@ -33,50 +48,54 @@ class MonitorView:
     manager: Verdict | None  # None: no Manager call judged yet
     counts: Mapping[WorkerState, int]
     queue: str | None
+    ingest: Verdict | None = None  # whether verdicts may be given (``backlog``); None: unknown
 
 
 def broker_verdict(broker: BrokerStatus | None) -> Verdict:
     if broker is None:
-        return None, Reason.STARTING, "not connected yet"
-    return broker.state is BrokerState.CONSUMING, _BROKER_REASONS[broker.state], broker.message
+        return Verdict(None, Reason.STARTING, "not connected yet")
+    return Verdict(
+        broker.state is BrokerState.CONSUMING, _BROKER_REASONS[broker.state], broker.message
+    )
 
 
 def workers_verdict(counts: Mapping[WorkerState, int]) -> Verdict:
     active = counts.get(WorkerState.ACTIVE, 0)
     inactive, offline = counts.get(WorkerState.INACTIVE, 0), counts.get(WorkerState.OFFLINE, 0)
     if offline:
-        return False, Reason.WORKERS_OFFLINE, f"{offline} offline, {inactive} inactive"
+        return Verdict(False, Reason.WORKERS_OFFLINE, f"{offline} offline, {inactive} inactive")
     if inactive:
-        return False, Reason.WORKERS_INACTIVE, f"{inactive} inactive"
+        return Verdict(False, Reason.WORKERS_INACTIVE, f"{inactive} inactive")
     if active:
-        return True, Reason.ALL_ACTIVE, f"{active} active"
-    return None, Reason.NO_WORKERS, "no heartbeat received yet"
+        return Verdict(True, Reason.ALL_ACTIVE, f"{active} active")
+    return Verdict(None, Reason.NO_WORKERS, "no heartbeat received yet")
 
 
 def ready_verdict(view: MonitorView) -> Verdict:
     """The first thing that keeps the monitor from working, in the order a user fixes them."""
     broker, manager = view.broker, view.manager
     if view.config_error is not None:
-        return False, view.config_error.reason, view.config_error.message
+        return Verdict(False, view.config_error.reason, view.config_error.message)
     if broker is not None and broker.state not in (BrokerState.CONSUMING, BrokerState.CONNECTING):
-        return False, _BROKER_REASONS[broker.state], broker.message
-    if manager is not None and not manager[0]:
+        return Verdict(False, _BROKER_REASONS[broker.state], broker.message)
+    if manager is not None and not manager.status:
         return manager
     if broker is None or broker.state is BrokerState.CONNECTING:
-        return None, Reason.STARTING, "connecting to the broker"
-    return True, Reason.MONITORING, f"consuming heartbeats from queue {view.queue!r}"
+        return Verdict(None, Reason.STARTING, "connecting to the broker")
+    return Verdict(True, Reason.MONITORING, f"consuming heartbeats from queue {view.queue!r}")
 
 
 def derive_conditions(view: MonitorView) -> dict[ConditionType, Verdict]:
     ready = ready_verdict(view)
-    stalled = ready[0] is False and ready[1] in CONFIGURATION_REASONS
+    stalled = ready.status is False and ready.reason in CONFIGURATION_REASONS
     return {
         ConditionType.READY: ready,
         ConditionType.BROKER_CONNECTED: broker_verdict(view.broker),
         ConditionType.MANAGER_SYNCED: view.manager
-        or (None, Reason.STARTING, "no Manager call made yet"),
+        or Verdict(None, Reason.STARTING, "no Manager call made yet"),
         ConditionType.WORKERS_HEALTHY: workers_verdict(view.counts),
-        ConditionType.STALLED: (True, ready[1], ready[2])
+        ConditionType.CAUGHT_UP: view.ingest or Verdict(None, Reason.STARTING, "not consuming yet"),
+        ConditionType.STALLED: Verdict(True, ready.reason, ready.message)
         if stalled
-        else (False, Reason.CONFIGURATION_VALID, "no configuration problem"),
+        else Verdict(False, Reason.CONFIGURATION_VALID, "no configuration problem"),
     }

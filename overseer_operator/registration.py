@@ -1,8 +1,10 @@
 """The operator as a module of the exchange it monitors, as the legacy overseer_api made it.
 
 It registers under ``spec.moduleType`` with its pod name as hostname, then publishes its own status
-heartbeat every 30 s to ``root_exchange_name`` with routing key ``<routing_key>.<queue>``, so it is
-watched like any other worker and the publishing path is proven end to end.
+heartbeat every 30 s to ``root_exchange_name`` with routing key ``<routing_key>.system_modules``,
+so it is watched like any other worker and the publishing path is proven end to end. The routing
+key carries the *logical* queue name, as overseer_api's publisher does; the queue consumed is the
+physical one (often ``aws:us-east-1.system_modules``), bound to that key by the estate.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from overseer_operator.heartbeat import Heartbeat, encode_etf
+from overseer_operator.heartbeat import encode_etf
 from overseer_operator.manager_client import ExchangeRecord
+from overseer_operator.model import Heartbeat
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 30.0
+SYSTEM_MODULES = "system_modules"  # the logical queue name in publishers' routing keys
 
 Publisher = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -25,9 +29,11 @@ def own_heartbeat(identity: str, module_type: str) -> Heartbeat:
     return Heartbeat(hostname=identity, module_type=module_type, status="active", workload=[])
 
 
-def routing_for(exchange: ExchangeRecord, queue: str) -> tuple[str, str]:
-    """The AMQP exchange and routing key for ``queue`` messages of ``exchange``'s workers."""
-    routing_key = f"{exchange.routing_key}.{queue}" if exchange.routing_key else queue
+def routing_for(exchange: ExchangeRecord) -> tuple[str, str]:
+    """The AMQP exchange and routing key of ``exchange``'s status heartbeats."""
+    routing_key = (
+        f"{exchange.routing_key}.{SYSTEM_MODULES}" if exchange.routing_key else SYSTEM_MODULES
+    )
     return exchange.root_exchange_name, routing_key
 
 
@@ -39,12 +45,11 @@ def heartbeat_interval(inactive_after: float) -> float:
 async def publish_own_heartbeats(
     publish: Publisher,
     exchange: ExchangeRecord,
-    queue: str,
     heartbeat: Heartbeat,
     interval: Callable[[], float],
 ) -> None:
     """Publish ``heartbeat`` every ``interval()`` seconds until cancelled; failures are retried."""
-    target, routing_key = routing_for(exchange, queue)
+    target, routing_key = routing_for(exchange)
     body = encode_etf(heartbeat)
     while True:
         try:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from overseer_operator.conditions import parse_time
-from overseer_operator.fleet import WorkerState
 from overseer_operator.manager_client import ModuleRecord
+from overseer_operator.model import WorkerState
+from overseer_operator.times import parse_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +41,21 @@ def seconds_since(moment: datetime, now: datetime) -> float:
 def from_status_module(
     module: Mapping[str, Any], now: datetime, status_refresh_interval: float
 ) -> Evidence | None:
-    """One ``status.modules[]`` entry; None if it is not usable (no hostname, time or state)."""
+    """One ``status.modules[]`` entry; None if it is not usable (no hostname or state).
+
+    Without a ``lastHeartbeatTime`` only the state shown is evidence (the fleet never seeds a
+    better state than the one shown).
+    """
     hostname, seen = module.get("hostname"), parse_time(module.get("lastHeartbeatTime"))
-    if not isinstance(hostname, str) or not hostname or seen is None:
+    if not isinstance(hostname, str) or not hostname:
         return None
     try:
         shown = WorkerState(module.get("state"))
     except ValueError:
         return None
-    silent_for = max(0.0, seconds_since(seen, now) - status_refresh_interval)
+    silent_for = (
+        None if seen is None else max(0.0, seconds_since(seen, now) - status_refresh_interval)
+    )
     return Evidence(hostname, module.get("type") or "unknown", shown, silent_for)
 
 

@@ -1,164 +1,205 @@
 """A session: the connections of one configuration of a monitored exchange.
 
-It owns the Manager client, the broker consumer and the operator's own heartbeat, and everything
-it does on behalf of its ``ExchangeMonitor`` goes back through the monitor's methods (messages,
-broker state, Manager health, restart seeding). A spec change that touches connections closes
-the session and opens a new one; the monitor's fleet and Manager writer outlive it.
+It owns the Manager client's reads, the broker consumer and the operator's own heartbeat, and it
+reports everything it learns to a ``SessionOwner`` (the monitor) through plain callbacks; it does
+not know the monitor. A spec change that touches connections closes the session and opens a new
+one; the fleet and the Manager writer, which belong to the monitor, outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import random
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from overseer_operator import defaults
+from overseer_operator.backoff import Backoff
 from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
-from overseer_operator.conditions import Reason
 from overseer_operator.config import Connections, ExchangeSpec
-from overseer_operator.consumer import HeartbeatConsumer, describe_url
-from overseer_operator.manager_client import ManagerClient, ManagerError, ManagerUnauthorized
-from overseer_operator.registration import (
-    heartbeat_interval,
-    own_heartbeat,
-    publish_own_heartbeats,
+from overseer_operator.consumer import HeartbeatConsumer, QueueReading, describe_url
+from overseer_operator.manager_client import (
+    ManagerClient,
+    ManagerError,
+    ManagerUnauthorized,
+    ModuleRecord,
 )
-
-if TYPE_CHECKING:
-    from overseer_operator.monitor import ExchangeMonitor
+from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, Reason, Verdict
+from overseer_operator.registration import heartbeat_interval, own_heartbeat, publish_own_heartbeats
+from overseer_operator.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 5.0
+# The Manager's module list is read again this often, or every half ``inactiveAfter`` if that is
+# shorter (jittered by up to a fifth), so rows the fleet never heard of (a worker that died before
+# its first heartbeat, a row someone else wrote) expire by the same rules as everything else, as
+# the legacy sweeper made them.
+MANAGER_RECONCILE_INTERVAL = 300.0
+
+
+class SessionOwner(Protocol):
+    """What a session reports to."""
+
+    def handle_message(self, body: bytes) -> None: ...
+    def on_broker_status(self, status: BrokerStatus) -> None: ...
+    def on_queue_reading(self, reading: QueueReading) -> None: ...
+    def on_manager_read(self, verdict: Verdict) -> None: ...
+    def on_manager_rows(self, rows: list[ModuleRecord]) -> None: ...
+    def register(self, heartbeat: Heartbeat) -> None: ...
 
 
 class Session:
-    """The connections of one configuration: Manager client, broker consumer, own heartbeat."""
+    """The connections of one configuration: Manager reads, broker consumer, own heartbeat."""
 
     def __init__(
         self,
-        monitor: ExchangeMonitor,
+        owner: SessionOwner,
         spec: ExchangeSpec,
         connections: Connections,
         client: ManagerClient,
+        *,
+        identity: str,
+        labels: tuple[str, str],
     ) -> None:
-        self.monitor = monitor
+        self._owner = owner
         self.spec = spec
         self.connections = connections
-        self._client = client
-        self._tasks: list[asyncio.Task[None]] = []
+        self.client = client
+        self._identity = identity
+        self._labels = labels
+        self._tasks = Supervisor(labels, self._crashed)
         self._consumer: HeartbeatConsumer | None = None
+        self._reconciling = False
+        self._publishing = False
 
-    def start(self) -> None:
-        self._spawn(self.monitor.writer.run(), "manager-writer")
-        self._spawn(self._connect(), "session")
+    def start(self, *, list_modules_first: bool) -> None:
+        """Connect in the background; with ``list_modules_first`` the Manager's list is read (or
+        at least tried) before consuming, so rows it already lists are not written again."""
+        self._tasks.spawn("session", lambda: self._connect(list_modules_first))
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(
-            coroutine, name=f"{self.monitor.namespace}/{self.monitor.name}:{name}"
-        )
-        task.add_done_callback(self._crashed)
-        self._tasks.append(task)
+    def _crashed(self, name: str, error: BaseException) -> None:
+        if name in ("session", "consumer"):
+            # Whatever consumed, or was about to, is gone: nobody may be judged meanwhile.
+            self._owner.on_broker_status(
+                BrokerStatus(BrokerState.UNREACHABLE, f"{name} failed: {type(error).__name__}")
+            )
 
-    def _crashed(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Task %s crashed", task.get_name(), exc_info=task.exception())
+    async def _connect(self, list_modules_first: bool) -> None:
+        """Each stage once, so that a restart after a crash resumes where it failed."""
+        if not self._reconciling:
+            if list_modules_first and not await self._list_modules_once():
+                list_modules_first = False  # the Manager is down: consume anyway, list later
+            self._tasks.spawn("manager-reconcile", lambda: self._reconcile(not list_modules_first))
+            self._reconciling = True
+        if self._consumer is None:
+            self._consumer = await self._consumer_for_spec()
+            self._tasks.spawn("consumer", self._consumer.run)
+        if not self._publishing:
+            await self._publish_own_heartbeat(self._consumer)
+            self._publishing = True
 
-    async def _connect(self) -> None:
-        monitor, spec = self.monitor, self.spec
-        # Seed before consuming, so that workers the Manager already lists as active are not
-        # written again on their first heartbeat; a Manager that is down must not hold up
-        # consumption, so seeding then goes on in the background.
-        if not monitor.seeded_from_manager and not await self._seed_once():
-            self._spawn(self._seed_until_done(), "seed")
+    async def _consumer_for_spec(self) -> HeartbeatConsumer:
+        spec = self.spec
         if self.connections.amqp_url is not None:
             urls = [self.connections.amqp_url]
         else:
+            self._owner.on_broker_status(
+                BrokerStatus(BrokerState.CONNECTING, "looking up the broker in the Manager")
+            )
             urls = await self._from_manager(
-                lambda: resolve_broker_urls(self._client, spec.broker_id),
+                lambda: resolve_broker_urls(self.client, spec.broker_id),
                 "resolve the broker connection",
             )
-        self._consumer = HeartbeatConsumer(
-            urls,
-            spec.queue,
-            spec.prefetch,
-            monitor.handle_message,
-            monitor.set_broker_status,
-            ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
-            connection_name=f"overseer-operator {monitor.namespace}/{monitor.name}",
-        )
         logger.info(
             "%s/%s: consuming %r from %s",
-            monitor.namespace,
-            monitor.name,
+            *self._labels,
             spec.queue,
             ", ".join(describe_url(url) for url in urls),
         )
-        self._spawn(self._consumer.run(), "consumer")
-        identity = own_heartbeat(monitor.environment.identity, spec.module_type)
-        monitor.handle_registration(identity)
-        exchange = await self._from_manager(
-            lambda: self._client.get_exchange(spec.exchange_id), "look up the exchange's routing"
-        )
-        await publish_own_heartbeats(
-            self._consumer.publish,
-            exchange,
+        return HeartbeatConsumer(
+            urls,
             spec.queue,
-            identity,
-            lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
+            spec.prefetch,
+            self._owner.handle_message,
+            self._owner.on_broker_status,
+            self._owner.on_queue_reading,
+            ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
+            connection_name=f"overseer-operator {self._labels[0]}/{self._labels[1]}",
         )
 
-    async def _seed_once(self) -> bool:
+    async def _publish_own_heartbeat(self, consumer: HeartbeatConsumer) -> None:
+        spec = self.spec
+        identity = own_heartbeat(self._identity, spec.module_type)
+        self._owner.register(identity)
+        exchange = await self._from_manager(
+            lambda: self.client.get_exchange(spec.exchange_id), "look up the exchange's routing"
+        )
+        self._tasks.spawn(
+            "own-heartbeat",
+            lambda: publish_own_heartbeats(
+                consumer.publish,
+                exchange,
+                identity,
+                lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
+            ),
+        )
+
+    async def _list_modules_once(self) -> bool:
         try:
-            modules = await self._client.list_modules(self.spec.exchange_id)
+            rows = await self.client.list_modules(self.spec.exchange_id)
         except ManagerError:
-            return False  # reported by _seed_until_done, which retries
-        self.monitor.seed_from_manager(modules, self.spec)
+            return False  # reported by the reconciliation, which retries
+        self._owner.on_manager_rows(rows)
         return True
 
-    async def _seed_until_done(self) -> None:
-        modules = await self._from_manager(
-            lambda: self._client.list_modules(self.spec.exchange_id), "list the exchange's modules"
-        )
-        self.monitor.seed_from_manager(modules, self.spec)
+    def reconcile_interval(self) -> float:
+        return min(MANAGER_RECONCILE_INTERVAL, self.spec.thresholds.inactive_after / 2)
+
+    async def _reconcile(self, now: bool) -> None:
+        """List the Manager's rows every ``reconcile_interval()`` (at once if ``now``)."""
+        while True:
+            if not now:
+                await asyncio.sleep(self.reconcile_interval() * random.uniform(0.8, 1.0))
+            now = False
+            rows = await self._from_manager(
+                lambda: self.client.list_modules(self.spec.exchange_id),
+                "list the exchange's modules",
+            )
+            self._owner.on_manager_rows(rows)
 
     async def _from_manager(self, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
-        """Retry a Manager read until it succeeds, reporting failures through ManagerSynced."""
-        delay = 2.0
+        """Retry a Manager read until it succeeds, reporting each outcome to the owner."""
+        backoff = Backoff(2.0)
         while True:
             try:
                 result = await call()
             except ManagerUnauthorized as error:
-                self.monitor.set_manager_health(
-                    False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}"
+                self._owner.on_manager_read(
+                    Verdict(False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}")
                 )
             except (ManagerError, LookupError) as error:
-                self.monitor.set_manager_health(
-                    False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}"
+                self._owner.on_manager_read(
+                    Verdict(False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}")
                 )
             else:
-                if not self.monitor.writer.pending:
-                    self.monitor.set_manager_health(True, Reason.SYNCED, "the Manager is reachable")
+                self._owner.on_manager_read(
+                    Verdict(True, Reason.SYNCED, "the Manager is reachable")
+                )
                 return result
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+            await backoff.wait()
 
     async def deregister(self) -> None:
         """The resource is gone: take the operator's own row out of the exchange (best effort)."""
-        identity = self.monitor.environment.identity
         try:
             await asyncio.wait_for(
-                self._client.delete_module(self.spec.exchange_id, identity), SHUTDOWN_TIMEOUT
+                self.client.delete_module(self.spec.exchange_id, self._identity),
+                defaults.SHUTDOWN_TIMEOUT,
             )
         except (ManagerError, TimeoutError) as error:
-            logger.warning("Own module %s not removed from the Manager: %s", identity, error)
+            logger.warning("Own module %s not removed from the Manager: %s", self._identity, error)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._consumer is not None:
             await self._consumer.aclose()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.aclose(), SHUTDOWN_TIMEOUT)

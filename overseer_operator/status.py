@@ -15,12 +15,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from overseer_operator import metrics
-from overseer_operator.conditions import format_time
-from overseer_operator.fleet import FleetSnapshot, WorkerState
+from overseer_operator import defaults, metrics
 from overseer_operator.kube import KubeApi, KubeApiError
+from overseer_operator.model import FleetSnapshot, WorkerState, WorkerView
+from overseer_operator.times import format_time
 
 MODULES_LIMIT = 50
+
+HeardAt = Callable[[str], datetime | None]
 
 logger = logging.getLogger(__name__)
 
@@ -31,30 +33,35 @@ def render_status(
     observed_generation: int | None,
     monotonic_now: float,
     wall_now: datetime,
+    seeded_heard_at: HeardAt = lambda hostname: None,
 ) -> dict[str, Any]:
-    """The status subresource for a fleet snapshot (monotonic times turned into wall time)."""
+    """The status subresource for a fleet snapshot (monotonic times turned into wall time).
+
+    A worker's ``lastHeartbeatTime`` is when a heartbeat was really received; for a worker only
+    seeded from before a restart it is the time its evidence proves (``seeded_heard_at``), and it
+    is left out when nothing proves one: never the restart time.
+    """
 
     def wall(moment: float) -> str:
         return format_time(wall_now - timedelta(seconds=max(0.0, monotonic_now - moment)))
+
+    def module(worker: WorkerView) -> dict[str, Any]:
+        entry = {
+            "hostname": worker.hostname,
+            "type": worker.module_type,
+            "state": worker.state.value,
+        }
+        if worker.last_heartbeat_at is not None:
+            entry["lastHeartbeatTime"] = wall(worker.last_heartbeat_at)
+        elif (heard := seeded_heard_at(worker.hostname)) is not None:
+            entry["lastHeartbeatTime"] = format_time(heard)
+        return entry
 
     counts = {state.value: snapshot.counts.get(state, 0) for state in WorkerState}
     status: dict[str, Any] = {
         "conditions": conditions,
         "workers": {"total": snapshot.total, **counts},
-        "modules": [
-            {
-                "hostname": worker.hostname,
-                "type": worker.module_type,
-                "state": worker.state.value,
-                # The real receive time; a worker only seeded from before a restart has none.
-                "lastHeartbeatTime": wall(
-                    worker.last_heartbeat_at
-                    if worker.last_heartbeat_at is not None
-                    else worker.last_seen
-                ),
-            }
-            for worker in snapshot.workers
-        ],
+        "modules": [module(worker) for worker in snapshot.workers],
     }
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
@@ -82,9 +89,9 @@ class StatusWriter:
         name: str,
         render: Callable[[], dict[str, Any]],
         *,
-        min_interval: float = 1.0,
-        refresh_interval: float = 60.0,
-        retry_interval: float = 5.0,
+        min_interval: float = defaults.STATUS_MIN_INTERVAL,
+        refresh_interval: float = defaults.STATUS_REFRESH_INTERVAL,
+        retry_interval: float = defaults.BROKER_RETRY_INTERVAL,
     ) -> None:
         self._kube = kube
         self._namespace = namespace
@@ -127,15 +134,18 @@ class StatusWriter:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        checked_at = float("-inf")  # the last refresh check that found nothing to write
         while True:
-            wait_for = max(0.0, self._written_at + self._refresh_interval - loop.time())
+            refresh_due = max(self._written_at, checked_at) + self._refresh_interval
+            wait_for = max(0.0, refresh_due - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=wait_for)
             # Let a burst of changes settle into one patch.
             await asyncio.sleep(max(0.0, self._written_at + self._min_interval - loop.time()))
             self._dirty.clear()
             try:
-                await self.write_if_due()
+                if not await self.write_if_due():
+                    checked_at = loop.time()  # unchanged: look again one interval later
             except KubeApiError as error:
                 logger.warning(
                     "Status of %s/%s not written: %s", self._namespace, self._name, error

@@ -8,6 +8,7 @@
 local CONFIGURATION_REASONS = {
   InvalidSpec = true,
   SecretNotFound = true,
+  SecretForbidden = true,
   InvalidBrokerUrl = true,
   ManagerUnauthorized = true,
   QueueNotFound = true,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
 
-from overseer_operator.heartbeat import Heartbeat, encode_json
+from overseer_operator.heartbeat import encode_json
+from overseer_operator.model import Heartbeat
 from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import (
     apply_exchange,
     condition,
+    create_secret,
     eventually,
     get_exchange,
     manager_states,
@@ -30,16 +31,6 @@ def ready(kubectl, namespace: str, name: str) -> dict:
 
 def consumers(rabbitmq_api, queue: str) -> int:
     return rabbitmq_api.queue(queue).get("consumers", 0)  # absent until stats are collected
-
-
-def create_secret(kubectl, namespace: str, name: str, **data: str) -> None:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
-    }
-    kubectl("apply", "-f", "-", input=json.dumps(secret))
 
 
 def test_delete_stops_the_monitor_and_releases_the_resource(

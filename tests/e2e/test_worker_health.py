@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from overseer_operator.heartbeat import Heartbeat, encode_etf
+from overseer_operator.heartbeat import encode_etf
+from overseer_operator.model import Heartbeat
 from tests.fixtures.operator import (
     apply_exchange,
     condition,

@@ -12,7 +12,8 @@ import aio_pika
 import pytest
 
 from overseer_operator.broker import amqp_ssl_context
-from overseer_operator.consumer import BrokerState, BrokerStatus, HeartbeatConsumer
+from overseer_operator.consumer import HeartbeatConsumer
+from overseer_operator.model import BrokerState, BrokerStatus
 from tests.fixtures.testbed import AmqpTopology, RabbitMQManagement, Testbed
 
 pytestmark = pytest.mark.testbed
@@ -109,8 +110,68 @@ async def test_the_consumer_is_back_after_the_broker_drops_the_connection(
         await recorder.reached(BrokerState.CONSUMING)
         await publish(amqp_url, topology, b"after the reconnect")
         await until(lambda: b"after the reconnect" in recorder.bodies)
-        queue = await asyncio.to_thread(rabbitmq_api.queue, topology.queue)
-        assert queue["consumers"] == 1  # restored once, not twice
+        await exactly_one_consumer(rabbitmq_api, topology.queue)
+
+
+async def exactly_one_consumer(api: RabbitMQManagement, queue: str) -> None:
+    """The broker lists one consumer on ``queue``, and still one a few checks later (its
+    statistics lag by up to a second, so the first reading is awaited, not asserted)."""
+
+    def consumers() -> int:
+        return int(api.queue(queue).get("consumers") or 0)
+
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(consumers) != 1:  # noqa: ASYNC110 - polled over HTTP
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(3)  # several verification rounds of the consumer under test
+    assert await asyncio.to_thread(consumers) == 1
+
+
+async def test_a_deleted_queue_is_reported_and_consumed_once_when_it_returns(
+    amqp_url: str, amqp_topology: Callable[..., AmqpTopology], rabbitmq_api: RabbitMQManagement
+) -> None:
+    """The broker cancels the consumer of a deleted queue: the consumer must say so (the caller
+    holds verdicts on it) and come back, once, when the queue is provisioned again."""
+    topology = amqp_topology()
+    recorder = Recorder()
+    consumer = recorder.consumer(
+        [amqp_url], topology.queue, retry_interval=0.2, verify_interval=0.5
+    )
+    async with consuming(consumer):
+        await recorder.reached(BrokerState.CONSUMING)
+        await asyncio.to_thread(rabbitmq_api.delete_queue, topology.queue)
+        await recorder.reached(BrokerState.QUEUE_NOT_FOUND)
+        await asyncio.to_thread(rabbitmq_api.declare_queue, topology.queue)
+        await asyncio.to_thread(
+            rabbitmq_api.bind, topology.exchange, topology.queue, topology.routing_key
+        )
+        await recorder.reached(BrokerState.CONSUMING)
+        await publish(amqp_url, topology, b"after the queue returned")
+        await until(lambda: b"after the queue returned" in recorder.bodies)
+        await exactly_one_consumer(rabbitmq_api, topology.queue)
+
+
+async def test_the_start_up_backlog_is_reported_before_the_first_delivery(
+    amqp_url: str, amqp_topology: Callable[..., AmqpTopology]
+) -> None:
+    topology = amqp_topology()
+    for index in range(25):
+        await publish(amqp_url, topology, f"queued {index}".encode())
+    readings: list[tuple[int, int]] = []  # (messages reported, bodies delivered so far)
+    recorder = Recorder()
+    consumer = HeartbeatConsumer(
+        [amqp_url],
+        topology.queue,
+        10,
+        recorder.handle,
+        recorder.on_state,
+        lambda reading: (
+            readings.append((reading.messages, len(recorder.bodies))) if reading.started else None
+        ),
+    )
+    async with consuming(consumer):
+        await until(lambda: len(recorder.bodies) == 25)
+    assert readings == [(25, 0)]
 
 
 async def until_connection_listed(api: RabbitMQManagement, name: str) -> None:

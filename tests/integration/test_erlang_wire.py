@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from overseer_operator.heartbeat import Heartbeat, decode_message, encode_etf
+from overseer_operator.heartbeat import decode_message, encode_etf
+from overseer_operator.model import Heartbeat
 
 ERL = shutil.which("erl")
 

@@ -21,8 +21,8 @@ import cel
 import pytest
 import yaml
 
-from overseer_operator.conditions import CONFIGURATION_REASONS
-from overseer_operator.testing.manager_emulator import ManagerEmulator
+from devtools.manager_emulator import ManagerEmulator
+from overseer_operator.readiness import CONFIGURATION_REASONS
 from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import Exchange, Workers, apply_exchange, condition, eventually
 

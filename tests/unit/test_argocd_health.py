@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from overseer_operator.conditions import CONFIGURATION_REASONS, Reason
+from overseer_operator.model import Reason
+from overseer_operator.readiness import CONFIGURATION_REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD_DIR = ROOT / "deploy" / "argocd"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from overseer_operator.events import describe_transition
-from overseer_operator.fleet import Thresholds, Transition, WorkerState
+from overseer_operator.model import Thresholds, Transition, WorkerState
 
 THRESHOLDS = Thresholds(600.0, 1200.0)
 
@@ -28,5 +28,5 @@ THRESHOLDS = Thresholds(600.0, 1200.0)
     ],
 )
 def test_event_messages(previous, current, message):
-    transition = Transition("b1", "builder", previous, current, None, 0.0, 0.0)
+    transition = Transition("b1", "builder", previous, current, [], 0.0, 0.0)
     assert describe_transition(transition, THRESHOLDS) == message

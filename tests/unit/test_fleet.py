@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from overseer_operator.fleet import Fleet, Thresholds, Transition, WorkerState
-from overseer_operator.heartbeat import Heartbeat
+from overseer_operator.fleet import Fleet
+from overseer_operator.model import Heartbeat, Thresholds, Transition, WorkerState
 from tests.fakes import FakeClock
 
 ACTIVE, INACTIVE, OFFLINE = WorkerState.ACTIVE, WorkerState.INACTIVE, WorkerState.OFFLINE
@@ -47,7 +47,7 @@ def fleet(clock: FakeClock) -> Fleet:
 def test_a_new_worker_becomes_active(fleet: Fleet) -> None:
     heartbeat = beat("w1")
     transition = fleet.observe(heartbeat)
-    assert transition == Transition("w1", "builder", None, ACTIVE, heartbeat, T0, T0)
+    assert transition == Transition("w1", "builder", None, ACTIVE, heartbeat.workload, T0, T0)
     assert len(fleet) == 1
     view = fleet.get("w1")
     assert view is not None
@@ -67,7 +67,7 @@ def test_thresholds_fire_exactly(fleet: Fleet, clock: FakeClock) -> None:
     assert (inactive.previous, inactive.current, inactive.due_at, inactive.at) == (
         ACTIVE, INACTIVE, T0 + 600, T0 + 600,
     )  # fmt: skip
-    assert inactive.heartbeat == beat("w1")
+    assert inactive.workload == beat("w1").workload
     assert state(fleet, "w1") is INACTIVE
     assert fleet.next_deadline() == T0 + 1200
 
@@ -141,7 +141,7 @@ def test_a_long_silence_emits_inactive_then_offline(fleet: Fleet, clock: FakeClo
     assert (inactive.previous, inactive.current, inactive.due_at) == (ACTIVE, INACTIVE, T0 + 600)
     assert (offline.previous, offline.current, offline.due_at) == (INACTIVE, OFFLINE, T0 + 1200)
     assert inactive.at == offline.at == T0 + 5000
-    assert inactive.lag == 4400
+    assert inactive.at - inactive.due_at == 4400  # how late it was detected
 
 
 def test_transitions_come_in_the_order_they_fell_due(fleet: Fleet, clock: FakeClock) -> None:
@@ -199,8 +199,8 @@ def test_thresholds_are_validated() -> None:
 
 
 def test_seeding_without_evidence_gives_a_full_threshold(fleet: Fleet, clock: FakeClock) -> None:
-    assert fleet.seed("w1", "builder", ACTIVE, None, [{"description": "old"}]) is None
-    assert fleet.seed("w2", "builder", ACTIVE, 599) is None  # not proof enough
+    assert fleet.seed("w1", "builder", ACTIVE, None, [{"description": "old"}])
+    assert fleet.seed("w2", "builder", ACTIVE, 599)  # not proof enough
     for hostname in ("w1", "w2"):
         view = fleet.get(hostname)
         assert view is not None
@@ -211,13 +211,16 @@ def test_seeding_without_evidence_gives_a_full_threshold(fleet: Fleet, clock: Fa
     assert fleet.sweep() == []
     clock.advance(1)
     [first, second] = fleet.sweep()
-    assert (first.hostname, first.current, first.heartbeat) == ("w1", INACTIVE, None)
+    assert (first.hostname, first.current, first.workload) == (
+        "w1",
+        INACTIVE,
+        [{"description": "old"}],
+    )
     assert (second.hostname, second.current) == ("w2", INACTIVE)
 
 
 def test_seeding_a_worker_proven_inactive(fleet: Fleet, clock: FakeClock) -> None:
-    transition = fleet.seed("w1", "builder", ACTIVE, 700)
-    assert transition == Transition("w1", "builder", ACTIVE, INACTIVE, None, T0 - 100, T0)
+    assert fleet.seed("w1", "builder", ACTIVE, 700)
     assert state(fleet, "w1") is INACTIVE
     assert fleet.next_deadline() == T0 + 500  # offline once 1200 s of silence are proven
     clock.advance(500)
@@ -225,27 +228,55 @@ def test_seeding_a_worker_proven_inactive(fleet: Fleet, clock: FakeClock) -> Non
 
 
 def test_seeding_a_worker_proven_offline(fleet: Fleet) -> None:
-    transition = fleet.seed("w1", "builder", ACTIVE, 1300)
-    assert transition == Transition("w1", "builder", ACTIVE, OFFLINE, None, T0 - 100, T0)
+    assert fleet.seed("w1", "builder", ACTIVE, 1300)
+    assert state(fleet, "w1") is OFFLINE
     assert fleet.next_deadline() == T0 - 1300 + 1200 + 3600
 
 
-def test_seeding_owes_nothing_when_the_record_already_agrees(fleet: Fleet) -> None:
-    assert fleet.seed("w1", "builder", INACTIVE, 900) is None
-    assert fleet.seed("w2", "builder", OFFLINE, 1500) is None
+def test_seeding_keeps_what_the_record_shows_when_it_agrees(fleet: Fleet) -> None:
+    assert fleet.seed("w1", "builder", INACTIVE, 900)
+    assert fleet.seed("w2", "builder", OFFLINE, 1500)
     assert (state(fleet, "w1"), state(fleet, "w2")) == (INACTIVE, OFFLINE)
 
 
-def test_seeding_a_record_shown_inactive_without_proof_makes_it_active(fleet: Fleet) -> None:
-    transition = fleet.seed("w1", "builder", INACTIVE, None)
-    assert transition is not None
-    assert (transition.previous, transition.current) == (INACTIVE, ACTIVE)
+def test_a_record_shown_inactive_is_proof_of_inactivity(fleet: Fleet, clock: FakeClock) -> None:
+    """Without a heartbeat nobody comes back: a row shown inactive stays at least inactive (two
+    restarts in a row once re-POSTed a dead worker as active)."""
+    assert fleet.seed("w1", "builder", INACTIVE, None)
+    assert state(fleet, "w1") is INACTIVE
+    assert fleet.next_deadline() == T0 + 600  # offline 600 s later, as if just turned inactive
+    assert fleet.seed("w2", "builder", OFFLINE, 10)
+    assert state(fleet, "w2") is OFFLINE
+
+
+def test_seeding_twice_keeps_the_stronger_evidence(fleet: Fleet, clock: FakeClock) -> None:
+    """The status is read first, the Manager's rows next: the longer proven silence wins."""
+    assert fleet.seed("w1", "builder", ACTIVE, 100)  # from the status: no proof enough
+    assert state(fleet, "w1") is ACTIVE
+    assert fleet.seed("w1", "builder", ACTIVE, 1300)  # the Manager's updated_at is older
+    assert state(fleet, "w1") is OFFLINE
+    assert fleet.seed("w1", "builder", ACTIVE, None)  # weaker evidence changes nothing
+    assert state(fleet, "w1") is OFFLINE
+    assert fleet.counts == {ACTIVE: 0, INACTIVE: 0, OFFLINE: 1}
+
+
+def test_seeding_again_without_proof_does_not_extend_the_threshold(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    """The Manager's rows are read every few minutes: a worker never heard of must still expire
+    one threshold after it was first seeded, not one threshold after the last reading."""
+    assert fleet.seed("quiet", "builder", ACTIVE, None)
+    for _ in range(5):
+        clock.advance(100)
+        assert fleet.seed("quiet", "builder", ACTIVE, None)
+    clock.advance(100)
+    assert moves(fleet.sweep()) == [("quiet", ACTIVE, INACTIVE)]
 
 
 def test_seeding_never_regresses_a_worker_already_heard(fleet: Fleet, clock: FakeClock) -> None:
     fleet.observe(beat("w1"))
     clock.advance(5)
-    assert fleet.seed("w1", "deployer", OFFLINE, 5000) is None
+    assert not fleet.seed("w1", "deployer", OFFLINE, 5000)
     view = fleet.get("w1")
     assert view is not None
     assert (view.state, view.module_type, view.last_seen) == (ACTIVE, "builder", T0)

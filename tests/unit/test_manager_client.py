@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.manager_emulator import ManagerEmulator
 from overseer_operator import __version__
 from overseer_operator.manager_client import (
     BrokerConnection,
@@ -25,7 +26,6 @@ from overseer_operator.manager_client import (
     ManagerUnavailable,
     parse_manager_timestamp,
 )
-from overseer_operator.testing.manager_emulator import ManagerEmulator
 from tests.fakes import FakeClock, Sleeps
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET, EXCHANGE_ID
 
@@ -265,7 +265,7 @@ async def test_5xx_and_429_are_retried_with_exponential_backoff(
     assert sleeps == [0.5, 1.0, 2.0]  # jitter pinned to 1: the ceilings themselves
 
 
-async def test_backoff_is_full_jitter_under_a_cap(
+async def test_backoff_is_jittered_under_a_cap(
     manager_settings: ManagerSettings, manager_emulator: ManagerEmulator, sleeps: Sleeps
 ) -> None:
     manager_emulator.fail_next(5, status=502, path_prefix=MODULES)
@@ -274,7 +274,8 @@ async def test_backoff_is_full_jitter_under_a_cap(
         settings, sleep=sleeps, jitter=lambda: 0.25, backoff_base=1.0, backoff_max=4.0
     ) as client:
         await client.list_modules(EXCHANGE_ID)
-    assert sleeps == [0.25, 0.5, 1.0, 1.0, 1.0]
+    # ceilings 1, 2, 4, 4, 4; each delay drawn from [ceiling/2, ceiling] (0.625 of it here)
+    assert sleeps == [0.625, 1.25, 2.5, 2.5, 2.5]
 
 
 async def test_unavailable_after_max_attempts(

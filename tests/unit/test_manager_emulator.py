@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from overseer_operator.testing.manager_emulator import ManagerEmulator
+from devtools.manager_emulator import ManagerEmulator
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET, EXCHANGE_ID
 
 MODULES = f"/messaging/exchanges/{EXCHANGE_ID}/modules"
@@ -378,7 +378,7 @@ def test_stop_drops_keepalive_connections_and_start_reuses_the_port(
 def test_one_log_line_per_request_without_secret_or_token(
     http: httpx.Client, auth: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="overseer_operator.testing.manager_emulator")
+    caplog.set_level(logging.INFO, logger="devtools.manager_emulator")
     http.get(f"{MODULES}?access_token=x", headers=auth)
     http.post("/oauth/token", json=_grant())
     assert caplog.messages == [f"GET {MODULES} -> 200", "POST /oauth/token -> 200"]
@@ -425,7 +425,7 @@ def test_control_endpoints_drive_the_emulator_out_of_process(
 
 def test_command_line_serves_the_configured_manager() -> None:
     command = [
-        sys.executable, "-m", "overseer_operator.testing.manager_emulator",
+        sys.executable, "-m", "devtools.manager_emulator",
         "--port", "0", "--client-id", "cli", "--client-secret", "cli-secret-42",
         "--exchange", "2:aws:aws", "--exchange", "1:aws%3Aus-east-1:us-east-1:2",
         "--broker", "1:rabbit",

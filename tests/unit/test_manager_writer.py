@@ -9,19 +9,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from overseer_operator.conditions import Reason
-from overseer_operator.fleet import Transition, WorkerState
-from overseer_operator.heartbeat import Heartbeat
+from devtools.manager_emulator import ManagerEmulator
+from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
-from overseer_operator.testing.manager_emulator import ManagerEmulator
+from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID
 
 
 def transition(hostname: str, previous: WorkerState | None, current: WorkerState) -> Transition:
-    beat = Heartbeat(hostname, "builder", "active", [{"description": "job"}])
-    return Transition(hostname, "builder", previous, current, beat, 0.0, 0.0)
+    return Transition(hostname, "builder", previous, current, [{"description": "job"}], 0.0, 0.0)
 
 
 @pytest.fixture
@@ -30,7 +28,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def health() -> list[tuple[bool, Reason, str]]:
+def health() -> list[Verdict]:
     return []
 
 
@@ -41,14 +39,14 @@ async def writer(
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     async with ManagerClient(settings) as client:
         writer = ManagerWriter(
-            client,
             EXCHANGE_ID,
             300.0,
             clock,
-            lambda *h: health.append(h),
+            health.append,
             ("ns", "mx"),
-            max_backoff=0.05,
+            backoff=Backoff(0.01, 0.05),
         )
+        writer.attach(client)
         task = asyncio.create_task(writer.run())
         yield writer
         task.cancel()
@@ -114,7 +112,8 @@ async def test_a_manager_outage_loses_nothing_and_is_reported(writer, manager_em
     writer.apply(transition("w0", WorkerState.ACTIVE, WorkerState.INACTIVE))
     await asyncio.sleep(0.3)
     assert writer.pending == 6
-    assert health and health[-1][0] is False and health[-1][1] is Reason.MANAGER_UNREACHABLE
+    assert health and health[-1].status is False
+    assert health[-1].reason is Reason.MANAGER_UNREACHABLE
     manager_emulator.set_unavailable(False)
     await settled(writer)
     states = {row["hostname"]: row["status"] for row in manager_emulator.modules(EXCHANGE_ID)}
@@ -125,7 +124,7 @@ async def test_a_manager_outage_loses_nothing_and_is_reported(writer, manager_em
         "w3": "active",
         "w4": "active",
     }
-    assert health[-1][:2] == (True, Reason.SYNCED)
+    assert (health[-1].status, health[-1].reason) == (True, Reason.SYNCED)
 
 
 async def test_refresh_only_after_the_interval(writer, manager_emulator, clock):

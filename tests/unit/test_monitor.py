@@ -9,10 +9,10 @@ import pytest
 
 from overseer_operator import metrics
 from overseer_operator.config import OperatorEnvironment
-from overseer_operator.consumer import BrokerState, BrokerStatus
-from overseer_operator.fleet import WorkerState
-from overseer_operator.heartbeat import Heartbeat, MessageRejected, encode_etf, encode_json
+from overseer_operator.consumer import QueueReading
+from overseer_operator.heartbeat import MessageRejected, encode_etf, encode_json
 from overseer_operator.kube import KubeApi
+from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, WorkerState
 from overseer_operator.monitor import ExchangeMonitor
 
 SPEC = {
@@ -45,12 +45,13 @@ async def monitor() -> ExchangeMonitor:
 
 
 def consuming(monitor: ExchangeMonitor) -> None:
-    monitor.set_broker_status(BrokerStatus(BrokerState.CONSUMING, "consuming"))
+    monitor.on_queue_reading(QueueReading(0, 0, started=True))
+    monitor.on_broker_status(BrokerStatus(BrokerState.CONSUMING, "consuming"))
 
 
 @pytest.mark.looptime
 async def test_nothing_flips_before_the_queue_is_consumed_and_during_an_outage(monitor):
-    monitor._seed_from_status(
+    monitor.tracker.seed_from_status(
         {
             "modules": [
                 {
@@ -62,21 +63,21 @@ async def test_nothing_flips_before_the_queue_is_consumed_and_during_an_outage(m
             ]
         }
     )
-    assert monitor.fleet.next_deadline() is None  # not consuming yet: time stands still
+    assert monitor.tracker.fleet.next_deadline() is None  # not consuming yet: time stands still
     await asyncio.sleep(3600)
-    assert monitor.fleet.sweep() == []
+    assert monitor.tracker.fleet.sweep() == []
 
     consuming(monitor)
-    assert monitor.fleet.next_deadline() is not None
+    assert monitor.tracker.fleet.next_deadline() is not None
     await asyncio.sleep(300)
-    monitor.set_broker_status(BrokerStatus(BrokerState.UNREACHABLE, "lost"))
+    monitor.on_broker_status(BrokerStatus(BrokerState.UNREACHABLE, "lost"))
     await asyncio.sleep(3600)  # an hour-long outage
-    assert monitor.fleet.sweep() == []
+    assert monitor.tracker.fleet.sweep() == []
     consuming(monitor)
     await asyncio.sleep(299)  # the 5 minutes of margin it had left
-    assert monitor.fleet.sweep() == []
+    assert monitor.tracker.fleet.sweep() == []
     await asyncio.sleep(2)
-    assert [t.current for t in monitor.fleet.sweep()] == [WorkerState.INACTIVE]
+    assert [t.current for t in monitor.tracker.fleet.sweep()] == [WorkerState.INACTIVE]
 
 
 async def test_both_wire_formats_count_and_garbage_is_rejected(monitor):
@@ -88,8 +89,8 @@ async def test_both_wire_formats_count_and_garbage_is_rejected(monitor):
     )
     with pytest.raises(MessageRejected):
         monitor.handle_message(b"\x83not a term")
-    assert {monitor.fleet.get(h).state for h in ("w-etf", "w-json")} == {WorkerState.ACTIVE}
-    assert monitor.fleet.get("w-x") is None
+    assert {monitor.tracker.fleet.get(h).state for h in ("w-etf", "w-json")} == {WorkerState.ACTIVE}
+    assert monitor.tracker.fleet.get("w-x") is None
     assert monitor.writer.pending == 2  # two registrations owed to the Manager
     rejected = [
         sample

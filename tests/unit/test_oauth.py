@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.oauth import (
     ManagerAuth,
     OAuthError,
@@ -15,7 +16,6 @@ from overseer_operator.oauth import (
     TokenCache,
     TokenSource,
 )
-from overseer_operator.testing.manager_emulator import ManagerEmulator
 from tests.fakes import FakeClock
 from tests.fixtures.manager import CLIENT_ID, CLIENT_SECRET
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from overseer_operator.conditions import CONFIGURATION_REASONS, ConditionType, Reason
-from overseer_operator.config import ConfigError
-from overseer_operator.consumer import BrokerState, BrokerStatus
-from overseer_operator.fleet import WorkerState
-from overseer_operator.readiness import MonitorView, derive_conditions
+from overseer_operator.model import (
+    BrokerState,
+    BrokerStatus,
+    ConditionType,
+    ConfigError,
+    Reason,
+    Verdict,
+    WorkerState,
+)
+from overseer_operator.readiness import CONFIGURATION_REASONS, MonitorView, derive_conditions
 
 CONSUMING = BrokerStatus(BrokerState.CONSUMING, "consuming queue 'q'")
-SYNCED = (True, Reason.SYNCED, "ok")
+SYNCED = Verdict(True, Reason.SYNCED, "ok")
 
 
 def view(**changes) -> MonitorView:
@@ -22,12 +27,16 @@ def view(**changes) -> MonitorView:
         "manager": SYNCED,
         "counts": {WorkerState.ACTIVE: 3},
         "queue": "q",
+        "ingest": Verdict(True, Reason.CAUGHT_UP, "0 messages waiting"),
     }
     return MonitorView(**{**fields, **changes})
 
 
 def verdicts(monitor: MonitorView) -> dict[str, tuple]:
-    return {type_.value: verdict[:2] for type_, verdict in derive_conditions(monitor).items()}
+    return {
+        type_.value: (verdict.status, verdict.reason)
+        for type_, verdict in derive_conditions(monitor).items()
+    }
 
 
 def test_a_working_monitor_is_ready_whatever_the_fleet_looks_like():
@@ -38,6 +47,7 @@ def test_a_working_monitor_is_ready_whatever_the_fleet_looks_like():
         "BrokerConnected": (True, Reason.CONSUMING),
         "ManagerSynced": (True, Reason.SYNCED),
         "WorkersHealthy": (False, Reason.WORKERS_OFFLINE),
+        "CaughtUp": (True, Reason.CAUGHT_UP),
         "Stalled": (False, Reason.CONFIGURATION_VALID),
     }
 
@@ -81,12 +91,12 @@ def test_nothing_known_yet_is_unknown_not_false():
             False,
         ),
         (
-            {"manager": (False, Reason.MANAGER_UNAUTHORIZED, "401")},
+            {"manager": Verdict(False, Reason.MANAGER_UNAUTHORIZED, "401")},
             Reason.MANAGER_UNAUTHORIZED,
             True,
         ),
         (
-            {"manager": (False, Reason.MANAGER_UNREACHABLE, "503")},
+            {"manager": Verdict(False, Reason.MANAGER_UNREACHABLE, "503")},
             Reason.MANAGER_UNREACHABLE,
             False,
         ),
@@ -104,8 +114,11 @@ def test_nothing_known_yet_is_unknown_not_false():
 def test_not_ready_says_why_and_stalls_only_on_configuration(changes, reason, stalled):
     result = derive_conditions(view(**changes))
     ready, stall = result[ConditionType.READY], result[ConditionType.STALLED]
-    assert ready[:2] == (False, reason)
-    assert stall[0] is stalled
+    assert (ready.status, ready.reason) == (False, reason)
+    assert stall.status is stalled
     assert (reason in CONFIGURATION_REASONS) is stalled
     if stalled:
-        assert stall[1:] == ready[1:]  # same reason and message, for kstatus and Argo CD
+        assert (stall.reason, stall.message) == (
+            ready.reason,
+            ready.message,
+        )  # same reason and message, for kstatus and Argo CD

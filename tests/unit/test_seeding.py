@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from overseer_operator.fleet import Fleet, Thresholds, WorkerState
+from overseer_operator.fleet import Fleet
 from overseer_operator.manager_client import ModuleRecord
+from overseer_operator.model import Thresholds, WorkerState
 from overseer_operator.seeding import from_manager_row, from_status_module
 from tests.fakes import FakeClock
 
@@ -79,11 +80,18 @@ def test_status_times_lag_by_one_status_refresh():
 @pytest.mark.parametrize(
     "module",
     [
-        status_module(),  # no time: nothing to prove with
-        status_module(lastHeartbeatTime="yesterday"),
         status_module(lastHeartbeatTime="2026-11-27T11:00:00Z", state="sleepy"),
         {"lastHeartbeatTime": "2026-11-27T11:00:00Z", "state": "active"},
     ],
 )
 def test_unusable_status_entries_are_skipped(module):
     assert from_status_module(module, NOW, 60.0) is None
+
+
+@pytest.mark.parametrize("time", [None, "yesterday"])
+def test_a_status_entry_without_a_usable_time_proves_only_its_state(time):
+    evidence = from_status_module(
+        status_module(lastHeartbeatTime=time, state="inactive"), NOW, 60.0
+    )
+    assert evidence is not None
+    assert (evidence.shown, evidence.silent_for) == (WorkerState.INACTIVE, None)

@@ -18,7 +18,7 @@ semantics (see ``openaperture-protocol.md`` sections 2 to 4), plus its OAuth2 to
 In-process tests drive it through :class:`ManagerEmulator`. Out of process (the operator's e2e
 tests, the README demo) it runs as::
 
-    python -m overseer_operator.testing.manager_emulator --port 8090 \\
+    python -m devtools.manager_emulator --port 8090 \\
         --client-id overseer --client-secret S \\
         --exchange 2:aws:aws --exchange 1:aws%3Aus-east-1:us-east-1:2 \\
         --broker 1:rabbit --broker-connection 1:amqp://user:pass@127.0.0.1:5672/%2F
@@ -869,7 +869,7 @@ def _broker_connection_spec(spec: str) -> tuple[str, str, str, str, int | None, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m overseer_operator.testing.manager_emulator",
+        prog="python -m devtools.manager_emulator",
         description="Serve an emulated OpenAperture Manager (see the module docstring).",
     )
     parser.add_argument("--host", default="127.0.0.1")

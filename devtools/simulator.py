@@ -1,6 +1,6 @@
 """Simulated workers: real heartbeats over AMQP, published as the Elixir overseer_api does.
 
-    python -m overseer_operator.testing.simulator --amqp-url amqp://guest:guest@localhost/ \\
+    python -m devtools.simulator --amqp-url amqp://guest:guest@localhost/ \\
         --exchange aws --routing-key aws.us-east-1.system_modules --workers 5 \\
         --stop-after worker-2=60 --stop-after worker-3=5m
 
@@ -29,8 +29,9 @@ from typing import Literal
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from overseer_operator.durations import parse_duration
-from overseer_operator.heartbeat import Heartbeat, encode_etf, encode_json
+from overseer_operator.heartbeat import encode_etf, encode_json
+from overseer_operator.model import Heartbeat
+from overseer_operator.times import parse_duration
 
 Format = Literal["etf", "json", "mixed"]
 
@@ -165,7 +166,7 @@ def _positive(text: str) -> float:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m overseer_operator.testing.simulator",
+        prog="python -m devtools.simulator",
         description="Publish heartbeats of simulated OpenAperture workers over AMQP.",
     )
     parser.add_argument("--amqp-url", required=True, help="amqp:// or amqps:// URL of the broker")

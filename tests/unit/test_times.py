@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from overseer_operator.durations import DURATION_PATTERN, format_duration, parse_duration
+from overseer_operator.times import DURATION_PATTERN, format_duration, parse_duration
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "openaperture.io_messagingexchanges.yaml"
 DURATION_FIELDS = {"refreshInterval", "inactiveAfter", "offlineAfter", "forgetAfter"}

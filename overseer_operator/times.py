@@ -1,13 +1,14 @@
-"""Durations as the CRD writes them: ``90s``, ``10m``, ``1h``, ``1m30s``, ``500ms``.
+"""Time as Kubernetes writes it: durations (``90s``, ``10m``, ``1m30s``) and RFC 3339 moments.
 
-The grammar is the CRD's validation pattern, so anything ``kubectl apply`` accepts parses here and
-anything it refuses is refused here too.
+The duration grammar is the CRD's validation pattern, so anything ``kubectl apply`` accepts parses
+here and anything it refuses is refused here too.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"
 
@@ -45,3 +46,18 @@ def format_duration(seconds: float) -> str:
         if amount
     )
     return text or "0s"
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes ``metav1.Time``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 moment; None if absent or unparseable."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,32 @@
+"""Every default the operator applies, in one place; the CRD's defaults agree (a test checks).
+
+Durations are in seconds; ``*_TEXT`` is the same value as the CRD writes it.
+"""
+
+from __future__ import annotations
+
+# spec defaults (mirrored by the CRD's structural schema)
+INACTIVE_AFTER = 600.0
+INACTIVE_AFTER_TEXT = "10m"
+OFFLINE_AFTER = 1200.0
+OFFLINE_AFTER_TEXT = "20m"
+FORGET_AFTER = 3600.0
+FORGET_AFTER_TEXT = "1h"
+REFRESH_INTERVAL = 300.0
+REFRESH_INTERVAL_TEXT = "5m"
+QUEUE = "system_modules"
+MODULE_TYPE = "overseer"
+PREFETCH = 200
+
+# the operator's own timings
+STATUS_REFRESH_INTERVAL = 60.0  # heartbeat times in the status are at most this stale
+STATUS_MIN_INTERVAL = 1.0  # a burst of changes becomes one status patch
+CONFIG_RETRY_INTERVAL = 10.0  # missing or refused Secrets are read again this often
+SHUTDOWN_TIMEOUT = 5.0  # for each last call at shutdown (final status, deregistration, close)
+MANAGER_TIMEOUT = 10.0  # per Manager or OAuth request attempt
+KUBERNETES_TIMEOUT = 15.0  # per Kubernetes API request
+BROKER_CONNECT_TIMEOUT = 10.0
+BROKER_RETRY_INTERVAL = 5.0
+BROKER_VERIFY_INTERVAL = 5.0  # how often the broker is asked about the queue (consumer, depth)
+MAX_BACKOFF = 60.0  # the longest wait between retries of anything
+EVENTS_PER_MINUTE = 10

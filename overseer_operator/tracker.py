@@ -1,0 +1,298 @@
+"""The hot path of one exchange: heartbeats in, transitions out to the writers.
+
+decode -> fleet (the health state machine) -> transitions -> Manager writer, Events, status.
+Nothing here reaches back: the tracker is given its writers and a ``changed`` callback, and the
+monitor reads what it needs from it.
+
+The rule that makes verdicts trustworthy lives here too: workers may turn inactive or offline only
+while the queue is consumed *and* the consumer has caught up with it (``backlog``). Otherwise the
+fleet's clock is paused: a broker outage, a slow start or falling behind is never a worker's
+silence. Restart evidence (status, Manager rows) is recorded at once, but what it owes the Manager
+is settled only when verdicts are next allowed, once per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from overseer_operator import defaults, metrics, seeding
+from overseer_operator.backlog import Backlog
+from overseer_operator.consumer import QueueReading
+from overseer_operator.events import EventRecorder
+from overseer_operator.fleet import Fleet
+from overseer_operator.heartbeat import MessageRejected, decode_message
+from overseer_operator.manager_client import ModuleRecord
+from overseer_operator.manager_writer import ManagerWriter
+from overseer_operator.model import (
+    BrokerState,
+    BrokerStatus,
+    FleetSnapshot,
+    Heartbeat,
+    Reason,
+    Thresholds,
+    Transition,
+    Verdict,
+    WorkerState,
+)
+from overseer_operator.ratelimit import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+# Event types other than ``status`` that the estate is known to send; any other is counted as
+# "other", so a sender cannot create metric series at will.
+KNOWN_EVENT_TYPES = frozenset({"upgrade_request"})
+# Transitions dispatched between two yields to the event loop (~10 ms of work).
+SWEEP_BATCH = 500
+# Transition log lines per minute; a mass transition is summed up instead of logged line by line.
+TRANSITION_LOGS_PER_MINUTE = 60
+
+
+class FleetTracker:
+    def __init__(
+        self,
+        labels: tuple[str, str],
+        writer: ManagerWriter,
+        events: EventRecorder,
+        changed: Callable[[], None],
+        clock: Callable[[], float],
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._labels = labels
+        self.writer = writer
+        self._events = events
+        self._changed = changed
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.fleet = Fleet(Thresholds(), clock)
+        self.fleet.pause()  # nobody can be heard before the queue is consumed
+        self.backlog = Backlog(clock)
+        self.broker: BrokerStatus | None = None
+        self.refresh_interval = defaults.REFRESH_INTERVAL
+        # Restart evidence not yet settled: the state each record shows (the Manager's row last),
+        # the strongest evidence of each worker, and the proven last-heard wall time of workers
+        # only seeded. A worker heard meanwhile leaves all three.
+        self._shown: dict[str, WorkerState] = {}
+        self._evidence: dict[str, seeding.Evidence] = {}
+        self._heard_wall: dict[str, datetime] = {}
+        self._reject_log = RateLimiter(5, 60.0, clock)
+        self._transition_log = RateLimiter(TRANSITION_LOGS_PER_MINUTE, 60.0, clock)
+        self._wake = asyncio.Event()
+        # Metric children looked up once, not per heartbeat or per transition.
+        self._received = {
+            wire: metrics.HEARTBEATS_RECEIVED.labels(*labels, wire) for wire in ("etf", "json")
+        }
+        self._transitions = {
+            state: metrics.TRANSITIONS.labels(*labels, state.value) for state in WorkerState
+        }
+        self._detection_lag = metrics.DETECTION_LAG.labels(*labels)
+
+    # --- configuration -------------------------------------------------------------------
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        if thresholds != self.fleet.thresholds:
+            self.fleet.set_thresholds(thresholds)
+            self._wake.set()
+
+    # --- may verdicts be given? ----------------------------------------------------------
+
+    @property
+    def verdicts_allowed(self) -> bool:
+        consuming = self.broker is not None and self.broker.state is BrokerState.CONSUMING
+        return consuming and self.backlog.caught_up
+
+    def ingest_verdict(self) -> Verdict:
+        """What the ``CaughtUp`` condition says."""
+        if self.broker is None or self.broker.state is not BrokerState.CONSUMING:
+            return Verdict(
+                False, Reason.NOT_CONSUMING, "the queue is not consumed; verdicts are held"
+            )
+        return self.backlog.verdict()
+
+    def on_broker_status(self, status: BrokerStatus) -> None:
+        self.broker = status
+        metrics.BROKER_CONNECTED.labels(*self._labels).set(
+            int(status.state is BrokerState.CONSUMING)
+        )
+        self._verdicts_may_have_changed()
+
+    def on_queue_reading(self, reading: QueueReading) -> None:
+        if reading.started:
+            self.backlog.started(reading.messages)
+        else:
+            self.backlog.read(reading.messages)
+        metrics.QUEUE_BACKLOG.labels(*self._labels).set(reading.messages)
+        self._verdicts_may_have_changed()
+
+    def _verdicts_may_have_changed(self) -> None:
+        allowed = self.verdicts_allowed
+        metrics.VERDICTS_HELD.labels(*self._labels).set(int(not allowed))
+        if allowed and self.fleet.paused:
+            self.fleet.resume()
+            self._settle_seeds()
+        elif not allowed:
+            self.fleet.pause()
+        self._wake.set()
+        self._changed()
+
+    # --- the heartbeat path --------------------------------------------------------------
+
+    def handle_message(self, body: bytes) -> None:
+        """Called by the consumer for every delivery; raising ``MessageRejected`` rejects it."""
+        if self.backlog.delivered():
+            self._verdicts_may_have_changed()  # the start-up backlog has just been read
+        try:
+            decoded = decode_message(body)
+        except MessageRejected as error:
+            metrics.MESSAGES_REJECTED.labels(*self._labels, error.reason).inc()
+            if self._reject_log.allow():
+                logger.warning("Rejected a message on %s/%s: %s", *self._labels, error)
+            raise
+        if decoded.heartbeat is None:
+            event_type = decoded.event_type
+            label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
+            metrics.MESSAGES_IGNORED.labels(*self._labels, label).inc()
+            return
+        self._received[decoded.format].inc()
+        self.observe(decoded.heartbeat)
+
+    def observe(self, heartbeat: Heartbeat) -> None:
+        """A heartbeat heard now (through the queue, or the operator's own registration)."""
+        if self._heard_wall or self._shown:
+            self._heard_wall.pop(heartbeat.hostname, None)
+            self._shown.pop(heartbeat.hostname, None)
+            self._evidence.pop(heartbeat.hostname, None)
+        transition = self.fleet.observe(heartbeat)
+        if transition is None:
+            self.writer.observe_heartbeat(heartbeat)
+            return
+        self._dispatch(transition)
+        self._wake.set()
+
+    def _dispatch(self, transition: Transition) -> None:
+        self._transitions[transition.current].inc()
+        if transition.current is not WorkerState.ACTIVE:
+            self._detection_lag.observe(max(0.0, transition.at - transition.due_at))
+        if (
+            transition.current is not WorkerState.ACTIVE or transition.previous is not None
+        ) and self._transition_log.allow():
+            held_back = self._transition_log.take_suppressed()
+            logger.info(
+                "%s/%s: worker %s %s -> %s%s",
+                *self._labels,
+                transition.hostname,
+                transition.previous and transition.previous.value,
+                transition.current.value,
+                f" ({held_back} more transitions not logged)" if held_back else "",
+            )
+        self.writer.apply(transition)
+        self._events.record(transition, self.fleet.thresholds)
+        self._changed()
+
+    async def sweep_forever(self) -> None:
+        """Turn time into transitions, waking exactly when the next one falls due."""
+        while True:
+            deadline = self.fleet.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            while batch := self.fleet.sweep(SWEEP_BATCH):
+                for transition in batch:
+                    self._dispatch(transition)
+                if len(batch) < SWEEP_BATCH:
+                    break
+                await asyncio.sleep(0)  # a mass transition must not stall the event loop
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        counts = self.fleet.counts
+        for state in WorkerState:
+            metrics.WORKERS.labels(*self._labels, state.value).set(counts.get(state, 0))
+
+    # --- restart evidence ----------------------------------------------------------------
+
+    def seed_from_status(self, status: Mapping[str, Any]) -> None:
+        """Workers the previous operator reported; the Manager's rows, read next, weigh more."""
+        now = self._wall_clock()
+        for module in status.get("modules") or ():
+            evidence = seeding.from_status_module(module, now, defaults.STATUS_REFRESH_INTERVAL)
+            if evidence is not None:
+                self._seed(evidence, now)
+
+    def on_manager_rows(self, rows: list[ModuleRecord]) -> None:
+        """The Manager's module list, at start and every few minutes after.
+
+        A row the fleet never heard of is seeded with the evidence it carries (so it expires by
+        the same rules); a worker the fleet knows is reconciled with what its row shows.
+        """
+        now = self._wall_clock()
+        inactive_after = self.fleet.thresholds.inactive_after
+        for row in rows:
+            if self.writer.owes(row.hostname):
+                continue  # a write is on its way: the row is about to change anyway
+            evidence = seeding.from_manager_row(row, now, inactive_after, self.refresh_interval)
+            known = self.fleet.get(evidence.hostname)
+            if known is None or known.last_heartbeat_at is None:
+                self._seed(evidence, now)
+                if evidence.shown is WorkerState.ACTIVE:
+                    self.writer.mark_written(evidence.hostname)
+            elif known.state is not evidence.shown:
+                # The row disagrees and nothing is on its way to fix it (a DELETE lost to an
+                # ingress's 404, a row someone else wrote): settled with the seeds.
+                self._shown[evidence.hostname] = evidence.shown
+        if self.verdicts_allowed:
+            self._settle_seeds()
+        self._wake.set()
+
+    def _seed(self, evidence: seeding.Evidence, now: datetime) -> None:
+        """Record evidence; until it is settled the worker shows what its record shows."""
+        hostname = evidence.hostname
+        known = self.fleet.get(hostname)
+        if known is not None and known.last_heartbeat_at is not None:
+            return  # heard since: the heartbeat is the evidence
+        self._shown[hostname] = evidence.shown
+        strongest = self._evidence.get(hostname)
+        if strongest is None or (evidence.silent_for or 0.0) >= (strongest.silent_for or 0.0):
+            self._evidence[hostname] = evidence
+        if known is None:
+            self.fleet.seed(hostname, evidence.module_type, evidence.shown, None, evidence.workload)
+        if evidence.silent_for is not None:
+            heard = now - timedelta(seconds=evidence.silent_for)
+            previous = self._heard_wall.get(hostname)
+            self._heard_wall[hostname] = min(heard, previous or heard)
+
+    def _settle_seeds(self) -> None:
+        """Verdicts are allowed again: apply the evidence of workers still unheard, then tell the
+        writers, once, where the fleet's view differs from what the records show."""
+        evidence, self._evidence = self._evidence, {}
+        for proof in evidence.values():
+            worker = self.fleet.get(proof.hostname)
+            if worker is not None and worker.last_heartbeat_at is None:
+                self.fleet.seed(
+                    proof.hostname, proof.module_type, proof.shown, proof.silent_for, proof.workload
+                )
+        shown, self._shown = self._shown, {}
+        at = self._clock()
+        for hostname, state in shown.items():
+            worker = self.fleet.get(hostname)
+            if worker is None or worker.state is state:
+                continue
+            self._dispatch(
+                Transition(
+                    hostname, worker.module_type, state, worker.state, worker.workload, at, at
+                )
+            )
+
+    # --- what the status shows -----------------------------------------------------------
+
+    def snapshot(self, limit: int) -> FleetSnapshot:
+        return self.fleet.snapshot(limit)
+
+    def heard_wall_time(self, hostname: str) -> datetime | None:
+        """The proven last-heard time of a worker only seeded (None: no proof)."""
+        return self._heard_wall.get(hostname)
