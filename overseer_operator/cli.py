@@ -104,10 +104,5 @@ def kopf_identity() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["simulate-workers"]:
-        from overseer_operator.testing import simulator
-
-        return simulator.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return run_operator(args)
