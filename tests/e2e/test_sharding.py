@@ -274,7 +274,7 @@ def test_sigterm_then_sigkill_of_an_owner(
     crashed = owners["mx-0"]
     silent_name, silent_host = "mx-0", estate.hosts("mx-0")[0]
     del estate.workers[silent_name].alive[silent_host]
-    silent_since = time.time()
+    silent_since = time.monotonic()  # the emulator stamps requests with time.monotonic()
     time.sleep(3)
     killed = time.monotonic()
     operators[crashed].process.send_signal(signal.SIGKILL)
@@ -309,7 +309,9 @@ def test_sigterm_then_sigkill_of_an_owner(
     )
     assert graceful < 10.0
     assert takeover <= LEASE_DURATION + FAILURE_RETRY + 5.0
-    assert late_by <= 2.0 + 1.0 + 2.0  # refreshInterval + skew bound + sweep and write
+    # Inactive by its threshold plus the takeover gap and the successor's start (seed, connect,
+    # backlog), never before its threshold.
+    assert -1.0 <= late_by <= takeover + 4.0
     assert wrong == []
     assert all_workers_active(estate, manager)
     assert fenced(*alive) == 0
