@@ -26,6 +26,7 @@ from overseer_operator.kube import KubeApiError
 from overseer_operator.manager_client import ManagerSettings
 from overseer_operator.model import ConfigError, Reason, Thresholds
 from overseer_operator.names import dns_subdomain_problem, secret_key_problem
+from overseer_operator.ownership import Timings
 from overseer_operator.times import parse_duration
 
 
@@ -231,12 +232,21 @@ class OperatorEnvironment:
     # Hosts ("host" or "host:port", lower case) besides those of MANAGER_URL and OAUTH_LOGIN_URL
     # that a spec's manager.url or oauth.loginUrl may name and still use the default credentials.
     manager_allowed_hosts: frozenset[str] = frozenset()
+    # Several replicas sharing the exchanges by Leases (SHARDING=on); see ownership.py.
+    sharding: bool = False
+    lease_timings: Timings = field(default_factory=Timings)
+    # Subtracted from evidence read from another process's wall clock (CLOCK_SKEW_BOUND; by
+    # default the lease timings' bound with sharding on, else none).
+    clock_skew: float = 0.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
         def get(name: str) -> str | None:
             return environ.get(name) or None
 
+        sharding = (get("SHARDING") or "off").lower() in {"on", "true", "1", "yes"}
+        timings = Timings.from_environ(environ)
+        default_skew = timings.clock_skew if sharding else 0.0
         return cls(
             manager_url=get("MANAGER_URL"),
             login_url=get("OAUTH_LOGIN_URL"),
@@ -250,6 +260,11 @@ class OperatorEnvironment:
             legacy_broker_id=get("BROKER_ID"),
             legacy_queue=get("SYSTEM_MODULES_QUEUE_NAME"),
             manager_allowed_hosts=_allowed_hosts(get("MANAGER_ALLOWED_HOSTS") or ""),
+            sharding=sharding,
+            lease_timings=timings,
+            clock_skew=(
+                parse_duration(skew) if (skew := get("CLOCK_SKEW_BOUND")) else default_skew
+            ),
         )
 
 

@@ -17,6 +17,7 @@ from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
 from overseer_operator.oauth import TokenCache
+from overseer_operator.sharding import Coordinator, monitor_while_owned
 
 PREFIX = "overseer.openaperture.io"
 # A stopping monitor gets this long to close its connections by itself (kopf's "backoff")...
@@ -38,11 +39,24 @@ async def configure(
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
     memo.token_cache = TokenCache()
+    memo.coordinator = None
+    environment = memo.environment
+    if environment.sharding:
+        # Several replicas share the exchanges by Leases in the operator's own namespace.
+        memo.coordinator = Coordinator(
+            memo.kube,
+            environment.namespace or "default",
+            environment.identity,
+            environment.lease_timings,
+        )
+        memo.coordinator.start()
     await seed_legacy_exchange(memo.kube, memo.environment, logger)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("coordinator") is not None:
+        await memo.coordinator.stop()
     await memo.kube.aclose()
 
 
@@ -62,6 +76,24 @@ async def monitor_exchange(
     name: str,
     **_: Any,
 ) -> None:
+    if memo.coordinator is not None:  # several replicas: monitor only while holding the Lease
+        await monitor_while_owned(
+            memo.coordinator,
+            body,
+            stopped,
+            lambda seed, epoch, fenced: ExchangeMonitor(
+                body,
+                memo.environment,
+                memo.kube,
+                memo.token_cache,
+                seed_status=seed,
+                epoch=epoch,
+                on_fenced=fenced,
+            ),
+            memo.monitors,
+            GRACEFUL_STOP,
+        )
+        return
     monitor = ExchangeMonitor(body, memo.environment, memo.kube, memo.token_cache)
     memo.monitors[namespace, name] = monitor
     try:

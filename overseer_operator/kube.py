@@ -13,8 +13,9 @@ kopf uses too.
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
-from collections.abc import Generator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -129,6 +130,44 @@ class KubeApi:
             json={"status": dict(status)},
             headers={"Content-Type": "application/merge-patch+json"},
         )
+
+    async def get_exchange(self, namespace: str, name: str) -> dict[str, Any]:
+        response = await self._request("GET", self._exchange_path(namespace, name))
+        return response.json()
+
+    async def json_patch_status(
+        self, namespace: str, name: str, operations: list[dict[str, Any]]
+    ) -> None:
+        """A JSON patch of the status: its ``test`` operations make it conditional (422)."""
+        await self._request(
+            "PATCH",
+            self._exchange_path(namespace, name) + "/status",
+            json=operations,
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+
+    async def request_json(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Any other call (the Lease API): the decoded JSON answer."""
+        response = await self._request(method, url, **kwargs)
+        return response.json() if _is_json(response) else None
+
+    async def watch(
+        self, url: str, params: Mapping[str, str], read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch (``watch=1`` is added), until the server ends it."""
+        request_params = {**params, "watch": "1", "allowWatchBookmarks": "true"}
+        try:
+            async with self._http.stream(
+                "GET", url, params=request_params, timeout=httpx.Timeout(read_timeout)
+            ) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise KubeApiError(f"WATCH {url}: {response.status_code}", response.status_code)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except (httpx.HTTPError, RuntimeError) as error:
+            raise KubeApiError(f"WATCH {url}: {type(error).__name__}: {error}") from error
 
     async def create_exchange(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """Create a MessagingExchange; False if one of that name already exists."""

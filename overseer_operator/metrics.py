@@ -109,6 +109,38 @@ def start_exchange(namespace: str, name: str) -> None:
             KUBERNETES_WRITES.labels(namespace, name, kind, outcome)
 
 
+# Sharding (several replicas): kept when a monitor stops, since ownership outlives monitors.
+EXCHANGE_OWNED = Gauge(
+    "overseer_exchange_owned",
+    "1 while this replica holds the exchange's Lease (sum over replicas: 1 per exchange).",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
+OWNERSHIP_CHANGES = Counter(
+    "overseer_ownership_changes_total",
+    "Exchange Leases acquired, released, lost (renew deadline passed or taken), or handed over.",
+    [*_EXCHANGE, "change"],
+    registry=REGISTRY,
+)
+FENCED_WRITES = Counter(
+    "overseer_fenced_writes_total",
+    "Status writes refused by the apiserver because another replica owns the exchange now.",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
+LEASE_CALLS = Counter(
+    "overseer_lease_calls_total",
+    "Exchange Lease acquisitions and renewals, by outcome (success, conflict, failure).",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+MEMBERS = Gauge(
+    "overseer_eligible_members",
+    "Replicas this replica considers eligible to own exchanges.",
+    registry=REGISTRY,
+)
+
+
 def forget_exchange(namespace: str, name: str) -> None:
     """Drop every series of an exchange that is no longer monitored here."""
     for collector in (

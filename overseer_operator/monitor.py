@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -66,6 +67,10 @@ class ExchangeMonitor:
         environment: OperatorEnvironment,
         kube: KubeApi,
         token_cache: TokenCache | None = None,
+        *,
+        seed_status: Mapping[str, Any] | None = None,
+        epoch: str | None = None,
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self._body = body  # kopf's live view: spec and generation change under our feet
         self.namespace: str = body["metadata"]["namespace"]
@@ -79,6 +84,12 @@ class ExchangeMonitor:
         self.conditions = ConditionSet()
         self.conditions.seed((body.get("status") or {}).get("conditions") or ())
         self.status_writer = StatusWriter(kube, self.namespace, self.name, self._render_status)
+        # With several replicas (sharding.py): the status as this owner found it, and the epoch
+        # every status patch is conditional on.
+        self._seed_status = seed_status
+        self.status_writer.epoch = epoch
+        if on_fenced is not None:
+            self.status_writer.on_fenced = on_fenced
         self.events = EventRecorder(
             kube,
             {"namespace": self.namespace, "name": self.name, "uid": body["metadata"].get("uid")},
@@ -93,6 +104,7 @@ class ExchangeMonitor:
         self.tracker = FleetTracker(
             self._labels, self.writer, self.events, self.status_writer.mark_dirty, self._loop.time
         )
+        self.tracker.clock_skew = environment.clock_skew
         self._tasks = Supervisor(self._labels)
         self.spec: ExchangeSpec | None = None
         self._observed_generation: int | None = None
@@ -109,7 +121,8 @@ class ExchangeMonitor:
 
     async def run(self, stopped: Stopped) -> None:
         """Monitor until ``stopped``; the caller's daemon exits when this returns."""
-        self.tracker.seed_from_status(self._body.get("status") or {})
+        seed = self._seed_status
+        self.tracker.seed_from_status((self._body.get("status") if seed is None else seed) or {})
         self._tasks.spawn("status-writer", self.status_writer.run)
         self._tasks.spawn("events", self.events.run)
         self._tasks.spawn("sweeper", self.tracker.sweep_forever)
@@ -233,13 +246,21 @@ class ExchangeMonitor:
 
     async def _shut_down(self, stopped: Stopped) -> None:
         deleted = _stopped_because_deleted(stopped)
+        # With several replicas: ``fenced``, another may own the exchange already (no write at
+        # all); ``handover``, the next owner seeds from what is written here.
+        fenced = bool(getattr(stopped, "fenced", False))
+        handover = bool(getattr(stopped, "handover", False))
+        if fenced:  # the Manager writer and the status writer first, the connections after
+            await self._tasks.aclose()
         session = self._session
-        if session is not None and deleted:
+        if session is not None and deleted and not fenced:
             await session.deregister()
         if session is not None:
             await session.close()
-        if not deleted:
-            self._stopping = True
+        if handover and not fenced:
+            await self._flush_manager_writes()
+        if not deleted and not fenced:
+            self._stopping = not handover  # a handover is not an outage of the exchange
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.status_writer.write_if_due(), defaults.SHUTDOWN_TIMEOUT)
         await self._tasks.aclose()
@@ -247,6 +268,12 @@ class ExchangeMonitor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.client.aclose(), defaults.SHUTDOWN_TIMEOUT)
         metrics.forget_exchange(*self._labels)
+
+    async def _flush_manager_writes(self) -> None:
+        """Give the Manager writer a moment to send what it owes before the next owner starts."""
+        deadline = self._loop.time() + defaults.SHUTDOWN_TIMEOUT
+        while self.writer.pending and self._loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
     # --- what a session reports (the SessionOwner protocol) ---------------------------------
 

@@ -101,6 +101,10 @@ class StatusWriter:
         self._refresh_interval = refresh_interval
         self._retry_interval = retry_interval
         self._dirty = asyncio.Event()
+        # With several replicas: every patch is conditional on the owner epoch this monitor
+        # took the status over with; a refused one (422) means another replica owns it now.
+        self.epoch: str | None = None
+        self.on_fenced: Callable[[], None] = lambda: None
         self._written: dict[str, Any] | None = None
         self._written_at = float("-inf")
 
@@ -122,15 +126,32 @@ class StatusWriter:
             return False
         labels = (self._namespace, self._name, "status")
         try:
-            await self._kube.patch_status(self._namespace, self._name, status)
+            await self._patch(status)
         except KubeApiError as error:
             metrics.KUBERNETES_WRITES.labels(*labels, "failure").inc()
             if error.status == 404:  # the resource is being deleted: nothing left to report to
+                return False
+            if error.status == 422 and self.epoch is not None:
+                metrics.FENCED_WRITES.labels(self._namespace, self._name).inc()
+                logger.warning("Status of %s/%s fenced: %s", self._namespace, self._name, error)
+                self.on_fenced()
                 return False
             raise
         metrics.KUBERNETES_WRITES.labels(*labels, "success").inc()
         self._written, self._written_at = status, loop.time()
         return True
+
+    async def _patch(self, status: dict[str, Any]) -> None:
+        if self.epoch is None:
+            await self._kube.patch_status(self._namespace, self._name, status)
+            return
+        operations: list[dict[str, Any]] = [
+            {"op": "test", "path": "/status/ownerEpoch", "value": self.epoch}
+        ]
+        operations += [
+            {"op": "add", "path": f"/status/{key}", "value": value} for key, value in status.items()
+        ]
+        await self._kube.json_patch_status(self._namespace, self._name, operations)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -73,6 +73,9 @@ class FleetTracker:
         self.backlog = Backlog(clock)
         self.broker: BrokerStatus | None = None
         self.refresh_interval = defaults.REFRESH_INTERVAL
+        # Evidence from another process's wall clock is a lower bound only after this is taken
+        # off (a bound on the clock skew between replicas).
+        self.clock_skew = 0.0
         # Restart evidence not yet settled: the state each record shows (the Manager's row last),
         # the strongest evidence of each worker, and the proven last-heard wall time of workers
         # only seeded. A worker heard meanwhile leaves all three.
@@ -218,7 +221,7 @@ class FleetTracker:
 
     def seed_from_status(self, status: Mapping[str, Any]) -> None:
         """Workers the previous operator reported; the Manager's rows, read next, weigh more."""
-        now = self._wall_clock()
+        now = self._evidence_clock()
         for module in status.get("modules") or ():
             evidence = seeding.from_status_module(module, now, defaults.STATUS_REFRESH_INTERVAL)
             if evidence is not None:
@@ -230,7 +233,7 @@ class FleetTracker:
         A row the fleet never heard of is seeded with the evidence it carries (so it expires by
         the same rules); a worker the fleet knows is reconciled with what its row shows.
         """
-        now = self._wall_clock()
+        now = self._evidence_clock()
         inactive_after = self.fleet.thresholds.inactive_after
         for row in rows:
             if self.writer.owes(row.hostname):
@@ -248,6 +251,10 @@ class FleetTracker:
         if self.verdicts_allowed:
             self._settle_seeds()
         self._wake.set()
+
+    def _evidence_clock(self) -> datetime:
+        """Now, minus the skew bound: every silence proven from another clock is shortened."""
+        return self._wall_clock() - timedelta(seconds=self.clock_skew)
 
     def _seed(self, evidence: seeding.Evidence, now: datetime) -> None:
         """Record evidence; until it is settled the worker shows what its record shows."""

@@ -84,7 +84,7 @@ def test_base_renders_the_operator_in_its_namespace(kubectl: Kubectl) -> None:
     kinds = sorted((item["kind"], item["metadata"]["name"]) for item in objects)
     assert [kind for kind, _ in kinds] == sorted([
         "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-        "Deployment", "Namespace", "Role", "RoleBinding", "ServiceAccount",
+        "Deployment", "Namespace", "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount",
     ])  # fmt: skip
     assert find(objects, "Namespace")["metadata"]["name"] == OPERATOR_NAMESPACE
     cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
@@ -98,14 +98,19 @@ def test_base_renders_the_operator_in_its_namespace(kubectl: Kubectl) -> None:
 
 
 @pytest.mark.testbed
-def test_base_deployment_is_one_hardened_standalone_replica(kubectl: Kubectl) -> None:
+def test_base_deployment_is_two_hardened_replicas_sharing_the_exchanges(kubectl: Kubectl) -> None:
     objects = render(kubectl, DEPLOY)
     deployment = find(objects, "Deployment", OPERATOR)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }  # fmt: skip
+    budget = find(objects, "PodDisruptionBudget", OPERATOR)
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
     assert pod["serviceAccountName"] == OPERATOR
     assert pod["terminationGracePeriodSeconds"] == 60
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -128,6 +133,7 @@ def test_base_deployment_is_one_hardened_standalone_replica(kubectl: Kubectl) ->
     env = {item["name"]: item for item in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["SHARDING"]["value"] == "on"
     assert env["OAUTH_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {
         "name": "overseer-manager-credentials", "key": "OAUTH_CLIENT_SECRET", "optional": True,
     }  # fmt: skip
@@ -259,6 +265,8 @@ ALLOWED = [
     ("list", CRDS, ""), ("watch", CRDS, ""),
     ("list", "namespaces", ""), ("watch", "namespaces", ""),
     ("create", MX, OPERATOR_NAMESPACE),
+    *[(verb, "leases.coordination.k8s.io", OPERATOR_NAMESPACE)
+      for verb in ("get", "list", "watch", "create", "update", "delete")],
 ]  # fmt: skip
 DENIED = [
     ("create", "secrets", "team-a"), ("update", "secrets", "team-a"),
@@ -273,6 +281,8 @@ DENIED = [
     ("create", CRDS, ""), ("delete", CRDS, ""), ("patch", "namespaces", ""),
     ("get", "kopfpeerings.kopf.dev", OPERATOR_NAMESPACE),
     ("create", "serviceaccounts/token", OPERATOR_NAMESPACE),
+    ("get", "leases.coordination.k8s.io", "team-a"), ("list", "leases.coordination.k8s.io", "*"),
+    ("update", "leases.coordination.k8s.io", "kube-system"),
     ("*", "*", "*"),
 ]  # fmt: skip
 
@@ -347,6 +357,7 @@ def test_the_operator_runs_with_exactly_the_granted_permissions(
         namespace,
         KUBECONFIG=str(operator_kubeconfig),
         POD_NAMESPACE=OPERATOR_NAMESPACE,
+        SHARDING="on",  # as deployed: its Leases in the operator's namespace
         OAUTH_CLIENT_SECRET="",
         EXCHANGE_ID=seed_id,
         BROKER_ID="1",
