@@ -8,6 +8,7 @@ handover times, false transitions, lost Manager writes, fenced writes.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -15,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from overseer_operator.ownership import preferred
 from tests.fixtures.operator import (
@@ -68,20 +67,35 @@ class Estate:
         return [f"{name}-w{index}" for index in range(2)]
 
 
+class Coordination:
+    """The Leases as ``kubectl`` shows them (the test's view, independent of the operator)."""
+
+    def __init__(self, kubectl) -> None:
+        self._kubectl = kubectl
+
+    def list_exchange_leases(self, namespace: str) -> list[dict]:
+        listed = self._kubectl(
+            "get", "leases", "-n", namespace,
+            "-l", "overseer.openaperture.io/lease=exchange", "-o", "json",
+        )  # fmt: skip
+        return json.loads(listed.stdout)["items"]
+
+    def delete_namespaced_lease(self, name: str, namespace: str) -> None:
+        self._kubectl("delete", "lease", name, "-n", namespace)
+
+
 @pytest.fixture
-def coordination(kubeconfig: str) -> k8s_client.CoordinationV1Api:
-    return k8s_client.CoordinationV1Api(k8s_config.new_client_from_config(str(kubeconfig)))
+def coordination(kubectl) -> Coordination:
+    return Coordination(kubectl)
 
 
-def holders(coordination: k8s_client.CoordinationV1Api, namespace: str) -> dict[str, str]:
+def holders(coordination: Coordination, namespace: str) -> dict[str, str]:
     """Exchange (resource name) -> holder of its Lease ("" if released)."""
-    leases = coordination.list_namespaced_lease(
-        namespace, label_selector="overseer.openaperture.io/lease=exchange"
-    )
     result = {}
-    for lease in leases.items:
-        exchange = (lease.metadata.annotations or {}).get("overseer.openaperture.io/exchange", "")
-        result[exchange.partition("/")[2]] = lease.spec.holder_identity or ""
+    for lease in coordination.list_exchange_leases(namespace):
+        annotations = lease["metadata"].get("annotations") or {}
+        exchange = annotations.get("overseer.openaperture.io/exchange", "")
+        result[exchange.partition("/")[2]] = lease["spec"].get("holderIdentity") or ""
     return result
 
 

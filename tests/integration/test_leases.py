@@ -6,8 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from overseer_operator.kube import KubeApi, KubeApiError
 from overseer_operator.leases import EXCHANGE, LeaseApi, LeaseRecord
@@ -16,10 +14,9 @@ pytestmark = pytest.mark.testbed
 
 
 @pytest.fixture
-def kube(kubeconfig):
-    configuration = k8s_client.Configuration()
-    k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return KubeApi.from_configuration(configuration)
+def kube(kubeconfig, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return KubeApi.from_configuration()  # the operator's own credentials loader
 
 
 async def test_two_replicas_racing_for_a_free_lease_one_wins(kube, namespace):
