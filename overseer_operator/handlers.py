@@ -18,6 +18,9 @@ from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, Ku
 from overseer_operator.monitor import ExchangeMonitor
 from overseer_operator.oauth import TokenCache
 
+# The logger kopf passes to handlers.
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
 PREFIX = "overseer.openaperture.io"
 # A stopping monitor gets this long to close its connections by itself (kopf's "backoff")...
 GRACEFUL_STOP = 15.0
@@ -27,7 +30,7 @@ FORCED_STOP = 10.0
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **_: Any
 ) -> None:
     settings.persistence.finalizer = f"{PREFIX}/monitor"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
@@ -58,7 +61,7 @@ async def monitor_exchange(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
-    namespace: str,
+    namespace: str | None,
     name: str,
     **_: Any,
 ) -> None:
@@ -77,7 +80,7 @@ def report_exchanges(memo: kopf.Memo, **_: Any) -> dict[str, int]:
 
 
 async def seed_legacy_exchange(
-    kube: KubeApi, environment: OperatorEnvironment, logger: logging.Logger
+    kube: KubeApi, environment: OperatorEnvironment, logger: Logger
 ) -> None:
     """A deployment configured only by the legacy EXCHANGE_ID/BROKER_ID still gets monitored."""
     exchange_id, broker_id = environment.legacy_exchange_id, environment.legacy_broker_id

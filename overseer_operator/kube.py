@@ -167,4 +167,5 @@ class KubeApi:
 
 
 def _is_json(response: httpx.Response) -> bool:
-    return response.headers.get("Content-Type", "").startswith("application/json")
+    content_type: str = response.headers.get("Content-Type", "")
+    return content_type.startswith("application/json")
