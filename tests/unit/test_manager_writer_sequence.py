@@ -13,7 +13,7 @@ from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
-from overseer_operator.model import Transition, Verdict, WorkerState
+from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID
 from tests.metering import sample
@@ -151,3 +151,131 @@ async def test_a_failed_write_in_flight_is_retried_and_the_count_stays_exact(
         "w1": "active",
         "w2": "active",
     }
+
+
+# Refreshes, health and outcomes
+
+
+@pytest.fixture
+async def health_writer(
+    manager_settings: ManagerSettings,
+) -> AsyncIterator[tuple[ManagerWriter, FakeClock, list[Verdict]]]:
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    health: list[Verdict] = []
+    clock = FakeClock(1000.0)
+    async with ManagerClient(settings) as client:
+        writer = ManagerWriter(
+            EXCHANGE_ID, 300.0, clock, health.append, ("ns", "seq-health"),
+            backoff=Backoff(0.01, 0.05),
+        )  # fmt: skip
+        writer.attach(client)
+        task = asyncio.create_task(writer.run())
+        yield writer, clock, health
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def beat(hostname: str, workload: list | None = None) -> Heartbeat:
+    return Heartbeat(hostname, "builder", "active", workload or [])
+
+
+async def test_heartbeats_within_the_refresh_interval_write_nothing(
+    health_writer, manager_emulator
+):
+    writer, clock, _ = health_writer
+    writer.apply(transition("w1", None, ACTIVE))
+    await settled(writer)
+    for _ in range(9):  # 270 s of heartbeats, each settled
+        clock.advance(30)
+        writer.observe_heartbeat(beat("w1"))
+        await settled(writer)
+    assert len(manager_emulator.module_writes(EXCHANGE_ID)) == 1
+    clock.advance(30)
+    writer.observe_heartbeat(beat("w1", [{"job": "latest"}]))
+    await settled(writer)
+    assert len(manager_emulator.module_writes(EXCHANGE_ID)) == 2
+    assert manager_emulator.module_writes(EXCHANGE_ID)[-1].body["workload"] == [{"job": "latest"}]
+
+
+async def test_a_heartbeat_while_a_write_is_owed_updates_it_and_owes_nothing_more(
+    health_writer, manager_emulator
+):
+    writer, _clock, _ = health_writer
+    manager_emulator.set_unavailable(True)
+    writer.apply(transition("w1", None, ACTIVE))
+    writer.observe_heartbeat(beat("w1", [{"job": "newer"}]))
+    writer.observe_heartbeat(beat("w2"))  # known to nobody: a first write is owed
+    writer.observe_heartbeat(beat("w3"))
+    assert writer.pending == 3
+    manager_emulator.set_unavailable(False)
+    await settled(writer)
+    bodies = {r.body["hostname"]: r.body for r in manager_emulator.module_writes(EXCHANGE_ID)}
+    assert sorted(bodies) == ["w1", "w2", "w3"]
+    assert bodies["w1"]["workload"] == [{"job": "newer"}]
+    assert len(manager_emulator.module_writes(EXCHANGE_ID)) == 3
+
+
+async def test_a_404_on_a_post_is_retried_and_on_a_delete_is_done(health_writer, manager_emulator):
+    writer, _clock, health = health_writer
+    manager_emulator.fail_next(1, status=404, method="POST", path_prefix="/messaging")
+    writer.apply(transition("w1", None, ACTIVE))
+    await settled(writer)
+    assert health[0].status is False and health[0].reason is Reason.MANAGER_UNREACHABLE
+    assert health[0].message.startswith("1 Manager writes pending: ")
+    assert [row["hostname"] for row in manager_emulator.modules(EXCHANGE_ID)] == ["w1"]
+    manager_emulator.fail_next(1, status=404, method="DELETE")
+    writer.apply(transition("w1", INACTIVE, OFFLINE))
+    await settled(writer)
+    assert len(manager_emulator.module_writes(EXCHANGE_ID)) == 3  # the DELETE was not retried
+    assert health[-1] == Verdict(
+        True, Reason.SYNCED, "every worker transition was written to the Manager"
+    )
+
+
+async def test_refused_credentials_are_reported_as_unauthorized(health_writer, manager_emulator):
+    writer, _clock, health = health_writer
+    manager_emulator.set_client_secret("overseer-tests", "rotated")
+    writer.apply(transition("w1", None, ACTIVE))
+    async with asyncio.timeout(5):
+        while not health:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert (health[0].status, health[0].reason) == (False, Reason.MANAGER_UNAUTHORIZED)
+    assert writer.pending == 1
+
+
+async def test_synced_is_reported_only_when_nothing_is_owed(health_writer, manager_emulator):
+    writer, _clock, health = health_writer
+    manager_emulator.delay_next(1, HELD, method="POST", path_prefix="/messaging")
+    writer.apply(transition("w1", None, ACTIVE))
+    writer.apply(transition("w2", None, ACTIVE))
+    await settled(writer)
+    assert [v.status for v in health] == [True]  # once, after the second write
+
+
+async def test_writes_are_counted_by_operation_and_outcome(health_writer, manager_emulator):
+    writer, _clock, _ = health_writer
+
+    def count(operation: str, outcome: str) -> float:
+        return sample(
+            "overseer_manager_writes_total",
+            namespace="ns",
+            name="seq-health",
+            operation=operation,
+            outcome=outcome,
+        )
+
+    before = {
+        key: count(*key)
+        for key in (("active", "success"), ("active", "rejected"), ("delete", "failure"))
+    }
+    manager_emulator.fail_next(1, status=400, method="POST", path_prefix="/messaging")
+    writer.apply(transition("w1", None, ACTIVE))
+    writer.apply(transition("w2", None, ACTIVE))
+    await settled(writer)
+    manager_emulator.fail_next(1, status=503, method="DELETE")
+    writer.apply(transition("w2", INACTIVE, OFFLINE))
+    await settled(writer)
+    assert count("active", "success") == before["active", "success"] + 1
+    assert count("active", "rejected") == before["active", "rejected"] + 1
+    assert count("delete", "failure") == before["delete", "failure"] + 1
