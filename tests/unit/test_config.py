@@ -206,7 +206,7 @@ def test_environment_reads_every_variable_and_treats_empty_as_unset():
             "OAUTH_CLIENT_ID": "id",
             "OAUTH_CLIENT_SECRET": "s3cret",
             "MANAGER_CA_BUNDLE": "/ca/manager.pem",
-            "AMQP_CA_BUNDLE": "",
+            "AMQP_CA_BUNDLE": "/ca/amqp.pem",
             "POD_NAME": "overseer-0",
             "HOSTNAME": "ignored-host",
             "POD_NAMESPACE": "openaperture",
@@ -221,7 +221,7 @@ def test_environment_reads_every_variable_and_treats_empty_as_unset():
         client_id="id",
         client_secret="s3cret",
         manager_ca_bundle="/ca/manager.pem",
-        amqp_ca_bundle=None,
+        amqp_ca_bundle="/ca/amqp.pem",
         identity="overseer-0",
         namespace="openaperture",
         legacy_exchange_id="1",
@@ -338,8 +338,12 @@ async def test_every_missing_manager_setting_is_named(kube):
     with pytest.raises(ConfigError) as caught:
         await resolve(MINIMAL, OperatorEnvironment(), kube)
     assert caught.value.reason is Reason.INVALID_SPEC
-    for name in ("MANAGER_URL", "OAUTH_LOGIN_URL", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET"):
-        assert name in caught.value.message
+    assert caught.value.message == (
+        "missing Manager settings: manager.url (or MANAGER_URL), "
+        "manager.oauth.loginUrl (or OAUTH_LOGIN_URL), "
+        "manager.oauth.clientId (or OAUTH_CLIENT_ID), "
+        "manager.oauth.clientSecretRef (or OAUTH_CLIENT_SECRET)"
+    )
 
 
 async def test_a_blank_secret_counts_as_missing(kube):
@@ -362,6 +366,13 @@ async def test_the_broker_url_and_ca_come_from_secrets(kube):
     assert connections.amqp_url == "amqps://u:p@broker:5671/vh"
     assert connections.amqp_ca_data == "SPEC BROKER CA"
     assert "u:p" not in repr(connections)
+
+
+@pytest.mark.parametrize("url", ["amqp://u:p@broker/", "amqps://broker:5671"])
+async def test_both_amqp_schemes_are_accepted(kube, url):
+    kube.secrets["ns", "broker"] = {"url": b64(url)}
+    spec = {**MINIMAL, "amqp": {"urlSecretRef": {"name": "broker", "key": "url"}}}
+    assert (await resolve(spec, ENV, kube)).amqp_url == url
 
 
 async def test_the_broker_ca_falls_back_to_the_environments_file(kube, tmp_path: Path):

@@ -116,6 +116,12 @@ def test_a_heard_worker_ignores_its_seeded_time():
     assert status["modules"][0]["lastHeartbeatTime"] == "2030-05-17T11:59:50Z"
 
 
+def test_counts_missing_from_a_snapshot_are_zero():
+    partial = FleetSnapshot({INACTIVE: 2}, None, [])
+    status = render_status(partial, [], None, NOW, WALL)
+    assert status["workers"] == {"total": 2, "active": 0, "inactive": 2, "offline": 0}
+
+
 def test_an_empty_fleet_shows_zero_counts_and_the_conditions():
     conditions = [{"type": "Ready", "status": "True"}]
     status = render_status(snapshot(), conditions, 0, NOW, WALL)

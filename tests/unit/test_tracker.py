@@ -23,6 +23,7 @@ from overseer_operator.model import (
     Reason,
     Thresholds,
     Transition,
+    Verdict,
     WorkerState,
 )
 from overseer_operator.tracker import KNOWN_EVENT_TYPES, FleetTracker
@@ -153,7 +154,9 @@ def test_nothing_is_judged_before_the_queue_is_consumed(harness):
     tracker = harness.tracker
     harness.beat("w1")  # heard through the queue before the broker said "consuming"
     assert not tracker.verdicts_allowed
-    assert tracker.ingest_verdict().reason is Reason.NOT_CONSUMING
+    assert tracker.ingest_verdict() == Verdict(
+        False, Reason.NOT_CONSUMING, "the queue is not consumed; verdicts are held"
+    )
     harness.clocks.advance(7200)
     harness.sweep()
     assert tracker.fleet.next_deadline() is None
