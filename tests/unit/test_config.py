@@ -4,9 +4,11 @@ Secrets read with failures a user can act on."""
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import fields
 from pathlib import Path
 
+import certifi
 import pytest
 
 from overseer_operator import defaults
@@ -23,6 +25,12 @@ from overseer_operator.model import ConfigError, Reason, Thresholds
 from tests.kube_fakes import FakeKube
 
 MINIMAL = {"exchangeId": "1", "brokerId": "7"}
+# Real PEM certificates (a CA bundle must load), three different ones.
+MANAGER_CA, BROKER_CA, ENV_BROKER_CA = re.findall(
+    r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n",
+    Path(certifi.where()).read_text(encoding="ascii"),
+    re.DOTALL,
+)[:3]
 
 
 def b64(text: str | bytes) -> str:
@@ -67,7 +75,6 @@ def test_explicit_defaults_parse_like_absent_ones():
     spec = parse_spec(
         {
             **MINIMAL,
-            "moduleType": "",
             "queues": {},
             "thresholds": {"inactiveAfter": "", "offlineAfter": None},
             "manager": {"url": "", "oauth": {}},
@@ -264,9 +271,9 @@ FULL_MANAGER_SPEC = {
 def kube() -> FakeKube:
     kube = FakeKube()
     kube.secrets["ns", "oauth"] = {"secret": b64("spec-secret\n")}
-    kube.secrets["ns", "manager-ca"] = {"ca.crt": b64("SPEC MANAGER CA")}
+    kube.secrets["ns", "manager-ca"] = {"ca.crt": b64(MANAGER_CA)}
     kube.secrets["ns", "broker"] = {"url": b64(" amqps://u:p@broker:5671/vh \n")}
-    kube.secrets["ns", "broker-ca"] = {"ca.crt": b64("SPEC BROKER CA")}
+    kube.secrets["ns", "broker-ca"] = {"ca.crt": b64(BROKER_CA)}
     return kube
 
 
@@ -284,7 +291,7 @@ async def test_the_spec_wins_over_the_environment_for_every_manager_field(kube):
         "spec-client",
         "spec-secret",
     )
-    assert (manager.ca_data, manager.ca_bundle) == ("SPEC MANAGER CA", None)
+    assert (manager.ca_data, manager.ca_bundle) == (MANAGER_CA, None)
 
 
 @pytest.mark.parametrize(
@@ -306,14 +313,18 @@ async def test_each_field_the_spec_leaves_out_comes_from_the_environment(
     }
     manager_spec.pop(spec_field, None)
     manager_spec["oauth"].pop(spec_field, None)
-    manager = (await resolve({**MINIMAL, "manager": manager_spec}, ENV, kube)).manager
-    assert getattr(manager, attribute) == from_env
     spec_values = {
         "url": "https://spec-manager",
         "login_url": "https://spec-auth/token",
         "client_id": "spec-client",
         "client_secret": "spec-secret",
     }
+    if spec_field == "clientSecretRef":
+        # The operator's own secret goes only to its own Manager: the spec names that one.
+        manager_spec["url"] = spec_values["url"] = ENV.manager_url
+        manager_spec["oauth"]["loginUrl"] = spec_values["login_url"] = ENV.login_url
+    manager = (await resolve({**MINIMAL, "manager": manager_spec}, ENV, kube)).manager
+    assert getattr(manager, attribute) == from_env
     for other, value in spec_values.items():
         if other != attribute:
             assert getattr(manager, other) == value
@@ -364,7 +375,7 @@ async def test_the_broker_url_and_ca_come_from_secrets(kube):
     }
     connections = await resolve(spec, ENV, kube)
     assert connections.amqp_url == "amqps://u:p@broker:5671/vh"
-    assert connections.amqp_ca_data == "SPEC BROKER CA"
+    assert connections.amqp_ca_data == BROKER_CA
     assert "u:p" not in repr(connections)
 
 
@@ -377,13 +388,13 @@ async def test_both_amqp_schemes_are_accepted(kube, url):
 
 async def test_the_broker_ca_falls_back_to_the_environments_file(kube, tmp_path: Path):
     bundle = tmp_path / "amqp-ca.pem"
-    bundle.write_text("ENV BROKER CA", encoding="utf-8")
+    bundle.write_text(ENV_BROKER_CA, encoding="utf-8")
     env = OperatorEnvironment(
         **{f.name: getattr(ENV, f.name) for f in fields(ENV)} | {"amqp_ca_bundle": str(bundle)}
     )
-    assert (await resolve(MINIMAL, env, kube)).amqp_ca_data == "ENV BROKER CA"
+    assert (await resolve(MINIMAL, env, kube)).amqp_ca_data == ENV_BROKER_CA
     spec = {**MINIMAL, "amqp": {"caSecretRef": {"name": "broker-ca", "key": "ca.crt"}}}
-    assert (await resolve(spec, env, kube)).amqp_ca_data == "SPEC BROKER CA"
+    assert (await resolve(spec, env, kube)).amqp_ca_data == BROKER_CA
 
 
 @pytest.mark.parametrize("url", ["http://broker", "broker:5672", "amqp:/x"])
