@@ -37,7 +37,7 @@ class Backoff:
     def next_delay(self) -> float:
         """Count a failure; the delay to wait before the next attempt."""
         self.failures += 1
-        ceiling = min(self._cap, self._base * 2 ** min(self.failures - 1, 32))
+        ceiling = min(self._cap, self._base * 2.0 ** min(self.failures - 1, 32))
         return ceiling * (0.5 + 0.5 * self._jitter())
 
     async def wait(self) -> float:

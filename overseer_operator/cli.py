@@ -84,7 +84,7 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,
-        identity=kopf_identity(),
+        identity=kopf_identity(),  # type: ignore[arg-type]  # kopf.Identity: a private NewType(str)
     )
     return 0
 

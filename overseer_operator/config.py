@@ -387,6 +387,7 @@ async def resolve_connections(
     ]
     if missing:
         raise ConfigError(Reason.INVALID_SPEC, "missing Manager settings: " + ", ".join(missing))
+    assert manager_url and login_url and client_id and client_secret  # for mypy: checked above
 
     manager_ca = await read_secret(spec.manager_ca_ref) if spec.manager_ca_ref else None
     _check_ca_bundle(manager_ca, spec.manager_ca_ref)

@@ -148,6 +148,8 @@ class HeartbeatConsumer:
                     BrokerState.UNREACHABLE, f"consumer failed: {type(error).__name__}: {error}"
                 )
             await self._close()
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError  # aiormq can turn a cancel into a connection error
             await backoff.wait()
 
     async def _connect(self, url: str) -> None:

@@ -52,12 +52,16 @@ class EventRecorder:
         self._labels = (involved["namespace"], involved["name"], "event")
         self._limiter = RateLimiter(capacity, per_seconds, asyncio.get_running_loop().time)
         self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=capacity * 2)
+        self._token_period = per_seconds / capacity
 
     def record(self, transition: Transition, thresholds: Thresholds) -> None:
         if not self._limiter.allow():
             return
         event_type, reason = _REASONS[transition.current]
         self._enqueue(event_type, reason, describe_transition(transition, thresholds))
+        self._sum_up_suppressed()
+
+    def _sum_up_suppressed(self) -> None:
         suppressed = self._limiter.take_suppressed()
         if suppressed:
             self._enqueue(
@@ -67,6 +71,15 @@ class EventRecorder:
                 "see the resource status and the operator metrics",
             )
 
+    def _sum_up_once_refilled(self) -> None:
+        """After a burst nothing may follow: the summary goes out once a token is back."""
+        if not self._limiter.suppressed:
+            return
+        if self._limiter.allow():
+            self._sum_up_suppressed()
+        else:
+            self._limiter.suppressed -= 1  # that check was not a transition held back
+
     def _enqueue(self, event_type: str, reason: str, message: str) -> None:
         try:
             self._queue.put_nowait((event_type, reason, message))
@@ -75,7 +88,13 @@ class EventRecorder:
 
     async def run(self) -> None:
         while True:
-            event_type, reason, message = await self._queue.get()
+            try:
+                event_type, reason, message = await asyncio.wait_for(
+                    self._queue.get(), self._token_period
+                )
+            except TimeoutError:
+                self._sum_up_once_refilled()
+                continue
             try:
                 await self._kube.create_event(self._involved, event_type, reason, message)
             except KubeApiError as error:

@@ -19,6 +19,9 @@ from overseer_operator.monitor import ExchangeMonitor
 from overseer_operator.oauth import TokenCache
 from overseer_operator.sharding import Coordinator, monitor_while_owned
 
+# The logger kopf passes to handlers.
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
 PREFIX = "overseer.openaperture.io"
 # A stopping monitor gets this long to close its connections by itself (kopf's "backoff")...
 GRACEFUL_STOP = 15.0
@@ -28,7 +31,7 @@ FORCED_STOP = 10.0
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **_: Any
 ) -> None:
     settings.persistence.finalizer = f"{PREFIX}/monitor"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
@@ -72,7 +75,7 @@ async def monitor_exchange(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
-    namespace: str,
+    namespace: str | None,
     name: str,
     **_: Any,
 ) -> None:
@@ -109,7 +112,7 @@ def report_exchanges(memo: kopf.Memo, **_: Any) -> dict[str, int]:
 
 
 async def seed_legacy_exchange(
-    kube: KubeApi, environment: OperatorEnvironment, logger: logging.Logger
+    kube: KubeApi, environment: OperatorEnvironment, logger: Logger
 ) -> None:
     """A deployment configured only by the legacy EXCHANGE_ID/BROKER_ID still gets monitored."""
     exchange_id, broker_id = environment.legacy_exchange_id, environment.legacy_broker_id

@@ -96,7 +96,7 @@ def decode_message(body: bytes) -> DecodedMessage:
 
 def encode_etf(heartbeat: Heartbeat, event_type: str = STATUS_EVENT) -> bytes:
     """The body an Elixir worker would send: atom keys, atom event type, status and type."""
-    return erlang.term_to_binary(
+    body: bytes = erlang.term_to_binary(  # erlang is untyped
         _atom_keyed(
             {
                 "event_type": erlang.OtpErlangAtom(event_type),
@@ -107,6 +107,7 @@ def encode_etf(heartbeat: Heartbeat, event_type: str = STATUS_EVENT) -> bytes:
             }
         )
     )
+    return body
 
 
 def encode_json(heartbeat: Heartbeat, event_type: str = STATUS_EVENT) -> bytes:

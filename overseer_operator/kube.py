@@ -133,7 +133,8 @@ class KubeApi:
 
     async def get_exchange(self, namespace: str, name: str) -> dict[str, Any]:
         response = await self._request("GET", self._exchange_path(namespace, name))
-        return response.json()
+        resource: dict[str, Any] = response.json()
+        return resource
 
     async def json_patch_status(
         self, namespace: str, name: str, operations: list[dict[str, Any]]
@@ -218,4 +219,5 @@ def _name(name: str) -> str:
 
 
 def _is_json(response: httpx.Response) -> bool:
-    return response.headers.get("Content-Type", "").startswith("application/json")
+    content_type: str = response.headers.get("Content-Type", "")
+    return content_type.startswith("application/json")

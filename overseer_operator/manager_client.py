@@ -399,7 +399,7 @@ def _error_message(response: httpx.Response) -> str:
     errors = payload.get("errors") if isinstance(payload, dict) else None
     if not isinstance(errors, list):
         return response.text.strip()[:200]
-    parts = []
+    parts: list[str] = []
     for error in errors:
         if isinstance(error, dict):
             parts.extend(

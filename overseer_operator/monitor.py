@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ class Stopped(Protocol):
     """The slice of ``kopf.DaemonStopped`` the monitor uses."""
 
     def __bool__(self) -> bool: ...
-    async def wait(self, timeout: float | None = None) -> bool: ...  # noqa: ASYNC109 - kopf's API
+    def wait(self, timeout: float | None = None) -> Awaitable[object]: ...
 
 
 class ExchangeMonitor:

@@ -184,7 +184,7 @@ class ManagerAuth(httpx.Auth):
 
     async def async_auth_flow(
         self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response, None]:
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         token = await self._tokens.token()
         request.headers["Authorization"] = f"Bearer access_token={token}"
         response = yield request

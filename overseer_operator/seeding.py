@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from overseer_operator.manager_client import ModuleRecord
 from overseer_operator.model import WorkerState
@@ -50,7 +50,7 @@ def from_status_module(
     if not isinstance(hostname, str) or not hostname:
         return None
     try:
-        shown = WorkerState(module.get("state"))
+        shown = WorkerState(cast(str, module.get("state")))
     except ValueError:
         return None
     silent_for = (

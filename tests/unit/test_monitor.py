@@ -24,6 +24,7 @@ SPEC = {
 
 @pytest.fixture
 async def monitor() -> ExchangeMonitor:
+    metrics.forget_exchange("ns", "mx")  # the registry is global: count from zero
     body = {
         "metadata": {"namespace": "ns", "name": "mx", "generation": 1, "uid": "u"},
         "spec": SPEC,

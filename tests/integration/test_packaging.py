@@ -9,6 +9,7 @@ statically for what makes the image safe to run under the Deployment in ``deploy
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,8 +29,10 @@ COMPILERS = re.compile(r"\b(gcc|g\+\+|cc|clang|make|build-essential|apt-get|apk)
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # Without PYTHONPATH: a checkout on it would shadow the installed wheel.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     return subprocess.run(
-        [str(arg) for arg in args], cwd=cwd, capture_output=True, text=True, timeout=180
+        [str(arg) for arg in args], cwd=cwd, capture_output=True, text=True, timeout=180, env=env
     )
 
 

@@ -1,0 +1,198 @@
+"""A session against the Manager emulator (real HTTP) and a broker that cannot be reached: what
+it reports to its owner, and in which order. No broker is needed: the consumer's failures are
+part of what is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from overseer_operator import session as session_module
+from overseer_operator.backoff import Backoff
+from overseer_operator.config import Connections, ExchangeSpec
+from overseer_operator.consumer import QueueReading
+from overseer_operator.manager_client import ManagerClient, ManagerSettings, ModuleRecord
+from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, Reason, Verdict
+from overseer_operator.session import Session
+from tests.fixtures.manager import BROKER_ID, EXCHANGE_ID
+from tests.metering import sample
+
+# Nothing listens here: the consumer's connection is refused at once.
+DEAD_BROKER = "amqp://guest:guest@127.0.0.1:9/"
+
+
+class RecordingOwner:
+    """The ``SessionOwner`` protocol, recording every report in order."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, Any]] = []
+        self.on_rows: Callable[[list[ModuleRecord]], None] = lambda rows: None
+
+    def handle_message(self, body: bytes) -> None:
+        self.reports.append(("message", body))
+
+    def on_broker_status(self, status: BrokerStatus) -> None:
+        self.reports.append(("broker", status))
+
+    def on_queue_reading(self, reading: QueueReading) -> None:
+        self.reports.append(("queue", reading))
+
+    def on_manager_read(self, verdict: Verdict) -> None:
+        self.reports.append(("manager", verdict))
+
+    def on_manager_rows(self, rows: list[ModuleRecord]) -> None:
+        self.reports.append(("rows", [row.hostname for row in rows]))
+        self.on_rows(rows)
+
+    def register(self, heartbeat: Heartbeat) -> None:
+        self.reports.append(("register", heartbeat.hostname))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.reports]
+
+    def of(self, kind: str) -> list[Any]:
+        return [value for seen, value in self.reports if seen == kind]
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not predicate():  # noqa: ASYNC110 - the owner has no event to wait on
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's Manager retries, and its supervisor's restarts, without the real pauses."""
+    monkeypatch.setattr(session_module, "Backoff", lambda base, *a, **k: Backoff(0.01, 0.02))
+
+
+@pytest.fixture
+async def client(manager_settings: ManagerSettings) -> AsyncIterator[ManagerClient]:
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    async with ManagerClient(settings) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def running(
+    owner: RecordingOwner,
+    client: ManagerClient,
+    *,
+    amqp_url: str | None = DEAD_BROKER,
+    list_modules_first: bool = True,
+    name: str = "sess",
+) -> AsyncIterator[Session]:
+    spec = ExchangeSpec(exchange_id=EXCHANGE_ID, broker_id=BROKER_ID)
+    connections = Connections(manager=client._settings, amqp_url=amqp_url)  # type: ignore[attr-defined]
+    session = Session(
+        owner, spec, connections, client, identity="overseer-test-0", labels=("ns", name)
+    )
+    session.start(list_modules_first=list_modules_first)
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+async def test_modules_are_listed_before_consuming_begins(client, manager_emulator):
+    manager_emulator.put_module(EXCHANGE_ID, "w1", "builder", "active")
+    owner = RecordingOwner()
+    async with running(owner, client):
+        await owner.until(lambda: "register" in owner.kinds() and "broker" in owner.kinds())
+    kinds = owner.kinds()
+    assert owner.of("rows")[0] == ["w1"]
+    assert kinds.index("rows") < kinds.index("broker")
+    assert owner.of("register") == ["overseer-test-0"]
+    first_broker = owner.of("broker")[0]
+    assert first_broker.state is BrokerState.CONNECTING
+
+
+async def test_without_a_broker_url_the_broker_is_looked_up_after_the_listing(
+    client, manager_emulator
+):
+    owner = RecordingOwner()
+    async with running(owner, client, amqp_url=None):
+        await owner.until(lambda: len(owner.of("broker")) >= 2)
+    kinds = owner.kinds()
+    assert kinds.index("rows") < kinds.index("broker")
+    assert owner.of("broker")[0] == BrokerStatus(
+        BrokerState.CONNECTING, "looking up the broker in the Manager"
+    )
+    requests = [(r.method, r.path) for r in manager_emulator.requests]
+    listing = requests.index(("GET", f"/messaging/exchanges/{EXCHANGE_ID}/modules"))
+    lookup = requests.index(("GET", f"/messaging/brokers/{BROKER_ID}/connections"))
+    assert listing < lookup
+
+
+async def test_a_manager_that_is_down_is_retried_and_each_outcome_reported(
+    client, manager_emulator
+):
+    manager_emulator.set_unavailable(True)
+    owner = RecordingOwner()
+    async with running(owner, client):
+        await owner.until(lambda: len(owner.of("manager")) >= 3)
+        failures = owner.of("manager")
+        assert all(v.status is False for v in failures)
+        assert {v.reason for v in failures} == {Reason.MANAGER_UNREACHABLE}
+        # the reconciliation's listing and the exchange's routing are both retried
+        await owner.until(
+            lambda: any(
+                v.message.startswith("cannot list the exchange's modules")
+                for v in owner.of("manager")
+            )
+        )
+        assert "broker" in owner.kinds()  # consuming did not wait for the Manager
+        manager_emulator.set_unavailable(False)
+        await owner.until(lambda: owner.of("rows"))
+        await owner.until(lambda: owner.of("manager")[-1].status is True)
+    assert owner.of("manager")[-1] == Verdict(True, Reason.SYNCED, "the Manager is reachable")
+
+
+async def test_refused_credentials_are_reported_as_unauthorized(client, manager_emulator):
+    manager_emulator.set_client_secret("overseer-tests", "rotated")
+    owner = RecordingOwner()
+    async with running(owner, client):
+        await owner.until(lambda: owner.of("manager"))
+    assert owner.of("manager")[0].reason is Reason.MANAGER_UNAUTHORIZED
+
+
+async def test_a_crash_of_the_session_task_reports_the_broker_not_consuming(
+    client, manager_emulator
+):
+    labels = {"namespace": "ns", "name": "crashy", "task": "session"}
+    crashes = sample("overseer_task_crashes_total", **labels)
+    owner = RecordingOwner()
+
+    def broken(rows: list[ModuleRecord]) -> None:
+        raise RuntimeError("the owner had a bug")
+
+    owner.on_rows = broken
+    async with running(owner, client, name="crashy"):
+        await owner.until(lambda: owner.of("broker"))
+        await owner.until(lambda: sample("overseer_task_crashes_total", **labels) > crashes)
+    first = owner.of("broker")[0]
+    assert first.state is BrokerState.UNREACHABLE
+    assert first.message == "session failed: RuntimeError"
+    assert owner.kinds().index("rows") < owner.kinds().index("broker")
+
+
+async def test_the_consumers_failures_reach_the_owner(client, manager_emulator):
+    owner = RecordingOwner()
+    async with running(owner, client):
+        await owner.until(
+            lambda: any(s.state is BrokerState.UNREACHABLE for s in owner.of("broker"))
+        )
+    unreachable = [s for s in owner.of("broker") if s.state is BrokerState.UNREACHABLE]
+    assert "guest:guest" not in unreachable[0].message  # never the credentials
+
+
+async def test_deregister_removes_the_operators_own_row(client, manager_emulator):
+    manager_emulator.put_module(EXCHANGE_ID, "overseer-test-0", "overseer", "active")
+    owner = RecordingOwner()
+    async with running(owner, client) as session:
+        await owner.until(lambda: owner.of("rows"))
+        await session.deregister()
+    assert [m["hostname"] for m in manager_emulator.modules(EXCHANGE_ID)] == []
