@@ -82,19 +82,21 @@ class Backlog:
         self.behind = waiting > limit
 
     def verdict(self) -> Verdict:
+        """The ``CaughtUp`` condition. Its words change only when its meaning does (a condition's
+        message is part of the status, and the status is patched whenever it changes); the
+        numbers are in ``overseer_queue_backlog_messages``."""
         if self.draining:
-            left = max(0, self._to_drain - self._delivered)
             return Verdict(
                 False,
                 Reason.DRAINING_BACKLOG,
-                f"reading the {self._to_drain} messages queued before consuming began "
-                f"({left} to go); inactive/offline verdicts are held until then",
+                f"reading the {self._to_drain} messages queued before consuming began; "
+                "inactive/offline verdicts are held until then",
             )
         if self.behind:
             return Verdict(
                 False,
                 Reason.FALLING_BEHIND,
-                f"{self.waiting} messages waiting, more than {self._lag_tolerance:g} s of reading "
-                f"at {self._rate:.0f}/s; inactive/offline verdicts are held",
+                f"more messages wait in the queue than are read in {self._lag_tolerance:g} s; "
+                "inactive/offline verdicts are held",
             )
-        return Verdict(True, Reason.CAUGHT_UP, f"{self.waiting} messages waiting")
+        return Verdict(True, Reason.CAUGHT_UP, "the queue is read as fast as it fills")

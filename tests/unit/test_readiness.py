@@ -27,7 +27,7 @@ def view(**changes) -> MonitorView:
         "manager": SYNCED,
         "counts": {WorkerState.ACTIVE: 3},
         "queue": "q",
-        "ingest": Verdict(True, Reason.CAUGHT_UP, "0 messages waiting"),
+        "ingest": Verdict(True, Reason.CAUGHT_UP, "the queue is read as fast as it fills"),
     }
     return MonitorView(**{**fields, **changes})
 
