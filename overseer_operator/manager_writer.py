@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,7 +142,15 @@ class ManagerWriter:
 
     def mark_written(self, hostname: str) -> None:
         """The Manager already holds a current record (seen at start-up): no write owed yet."""
-        self._written_at[hostname] = self._clock()
+        self._record_write(hostname)
+
+    def _record_write(self, hostname: str) -> None:
+        """The Manager now holds a current record; its next refresh is due one interval on,
+        or, for a first write, after the worker's own fraction of it (see the module docs)."""
+        now = self._clock()
+        if hostname not in self._written_at:
+            now -= self.refresh_interval * (1.0 - refresh_phase(hostname))
+        self._written_at[hostname] = now
 
     def _queue(self, hostname: str, owed: _Owed) -> None:
         if not owed.queued and not owed.in_flight:
@@ -196,7 +205,7 @@ class ManagerWriter:
             if operation is Operation.DELETE:
                 self._written_at.pop(hostname, None)
             else:
-                self._written_at[hostname] = self._clock()
+                self._record_write(hostname)
         # A newer transition may have replaced the queue while the call was in flight.
         if owed.operations and owed.operations[0][0] == sequence:
             owed.operations.popleft()
@@ -226,3 +235,9 @@ class ManagerWriter:
             Verdict(False, reason, f"{self._pending} Manager writes pending: {message}")
         )
         await self._backoff.wait()
+
+
+def refresh_phase(hostname: str) -> float:
+    """A fixed fraction in (0, 1] per worker, evenly spread over a fleet (from a CRC of its name,
+    so it is the same after a restart)."""
+    return ((zlib.crc32(hostname.encode()) & 0xFFFF) + 1) / 0x10000
