@@ -7,12 +7,13 @@ in the operator memo that kopf copies into every resource's memo.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
-from overseer_operator import defaults
+from overseer_operator import defaults, metrics
 from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
@@ -38,11 +39,14 @@ async def configure(
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
     memo.token_cache = TokenCache()
+    memo.loop_watch = asyncio.create_task(metrics.watch_event_loop())
     await seed_legacy_exchange(memo.kube, memo.environment, logger)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("loop_watch") is not None:
+        memo.loop_watch.cancel()
     await memo.kube.aclose()
 
 
