@@ -408,9 +408,7 @@ class ManagerEmulator:
     def modules(self, exchange_id: str) -> list[dict[str, Any]]:
         """The exchange's rows exactly as ``GET .../modules`` would return them."""
         with self._lock:
-            return [
-                _module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id
-            ]
+            return [_module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id]
 
     # --- recorded requests -----------------------------------------------------------------
 
@@ -589,9 +587,7 @@ class ManagerEmulator:
         with self._lock:
             if exchange_id not in self._exchanges:
                 return _Response(404)
-            rows = [
-                _module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id
-            ]
+            rows = [_module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id]
         return _json_response(200, rows)
 
     def _get_module(self, exchange_id: str, hostname: str, **_: Any) -> _Response:
