@@ -67,6 +67,7 @@ _U32, _I32, _F64 = struct.Struct(">I"), struct.Struct(">i"), struct.Struct(">d")
 _UTF8_ATOMS: dict[bytes, str | bool | None] = {}
 _LATIN1_ATOMS: dict[bytes, str | bool | None] = {}
 _ATOM_CACHE_SIZE = 4096
+_NAMES: dict[str, str] = {}  # module types and statuses of JSON messages, likewise shared
 _UNCACHED = object()
 
 
@@ -341,8 +342,9 @@ def _message(document: Any, wire_format: WireFormat) -> DecodedMessage:
         workload = []
     elif not isinstance(workload, list):
         workload = [workload]
+    workload, text = _capped(workload)
     return DecodedMessage(
-        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, _capped(workload))
+        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, workload, text)
     )
 
 
@@ -352,23 +354,27 @@ def _name_or_default(document: dict[str, Any], field: str, default: str, reason:
         return default
     if not (isinstance(value, str) and _NAME.fullmatch(value)):
         raise MessageRejected(reason, f"unusable {field} {_excerpt(value)}")
-    return value
+    # One string per distinct name (as ETF atoms already are), not one per worker.
+    if len(_NAMES) < _ATOM_CACHE_SIZE:
+        return _NAMES.setdefault(value, value)
+    return _NAMES.get(value, value)
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def _capped(workload: list[Any]) -> list[Any]:
-    """The leading workload entries whose JSON fits in ``MAX_WORKLOAD_BYTES``."""
+def _capped(workload: list[Any]) -> tuple[list[Any], str]:
+    """The leading workload entries whose JSON fits in ``MAX_WORKLOAD_BYTES``, and that JSON."""
     # The usual case in one encoding: the per-entry count below is this size plus one.
-    if len(_COMPACT_JSON.encode(workload).encode()) < MAX_WORKLOAD_BYTES:
-        return workload
+    text = _COMPACT_JSON.encode(workload)
+    if len(text.encode()) < MAX_WORKLOAD_BYTES:
+        return workload, text
     size = 2  # the brackets
     for index, item in enumerate(workload):
         size += len(_COMPACT_JSON.encode(item).encode()) + 1
         if size > MAX_WORKLOAD_BYTES:
-            return workload[:index]
-    return workload
+            return workload[:index], _COMPACT_JSON.encode(workload[:index])
+    return workload, text
 
 
 def _excerpt(value: Any) -> str:

@@ -157,9 +157,9 @@ async def test_a_record_the_manager_refuses_is_dropped_not_retried_forever(
 async def test_refreshes_after_a_mass_registration_are_spread_evenly(
     writer, manager_emulator, clock
 ):
-    """No thundering herd: 400 workers registered at once are refreshed over one interval, about
+    """No thundering herd: 200 workers registered at once are refreshed over one interval, about
     as many in each tenth of it, and no worker more than once per interval after its first."""
-    hostnames = [f"w{index}" for index in range(400)]
+    hostnames = [f"w{index}" for index in range(200)]
     for hostname in hostnames:
         writer.apply(transition(hostname, None, WorkerState.ACTIVE))
     await settled(writer)
@@ -176,7 +176,7 @@ async def test_refreshes_after_a_mass_registration_are_spread_evenly(
             refreshed_at[hostname].append(clock.now - start)
     first = [times[0] for times in refreshed_at.values()]
     per_tenth = [sum(1 for at in first if 30 * k < at <= 30 * (k + 1)) for k in range(10)]
-    assert min(per_tenth) >= 20 and max(per_tenth) <= 60, per_tenth  # 40 each if perfectly even
+    assert min(per_tenth) >= 5 and max(per_tenth) <= 35, per_tenth  # 20 each if perfectly even
     for times in refreshed_at.values():
         assert all(later - earlier >= 300 for earlier, later in itertools.pairwise(times))
         assert len(times) == 2  # the first, then one interval later
