@@ -468,10 +468,13 @@ def steady_fleet_and_restart(bed: Bed, scale: Scale, rows: list[Row], capacity: 
     load = bed.loadgen(exchanges, per_exchange, "--interval", str(scale.interval),
                        "--duration", str(duration))  # fmt: skip
 
-    def registered() -> int:
-        return sum(len(bed.manager.modules(exchange_id)) for exchange_id in exchanges.ids)
-
-    wait_until(lambda: registered() >= workers, 3 * scale.interval + 60, "the fleet registered")
+    ids = set(exchanges.ids)
+    wait_until(
+        lambda: bed.manager.module_count(ids) >= workers + exchanges_count,  # + the operator
+        3 * scale.interval + 120 + workers / 200,
+        "the fleet registered",
+        interval=1.0,
+    )
     time.sleep(scale.interval)  # one full round after the last registration
     text = operator.metrics() or ""
     before = snapshot(bed, operator, exchanges, text)
@@ -615,12 +618,12 @@ def mass_silence(bed: Bed, scale: Scale, rows: list[Row]) -> None:
     operator = bed.operator(exchanges.namespace)
     load = bed.loadgen(exchanges, per_exchange, "--interval", str(scale.silent_interval),
                        "--report-last", prefix="s")  # fmt: skip
+    ids = set(exchanges.ids)
     wait_until(
-        lambda: (
-            sum(len(bed.manager.modules(exchange_id)) for exchange_id in exchanges.ids) >= workers
-        ),
-        3 * scale.silent_interval + 120,
+        lambda: bed.manager.module_count(ids) >= workers + count,  # + the operator
+        3 * scale.silent_interval + 120 + workers / 200,
         "the silent fleet registered",
+        interval=1.0,
     )
     time.sleep(scale.silent_interval)
     lag_buckets_before = lag_histogram(operator.metrics() or "")
@@ -836,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             for log in sorted(Path(logs).glob("*.log")):
                 sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
+            print(markdown(rows, "rows measured before the failure:"), flush=True)
             raise
         finally:
             bed.close()

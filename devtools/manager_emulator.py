@@ -410,6 +410,11 @@ class ManagerEmulator:
         with self._lock:
             return [_module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id]
 
+    def module_count(self, exchange_ids: set[str]) -> int:
+        """How many hostnames have a row in these exchanges (cheap enough to poll)."""
+        with self._lock:
+            return sum(1 for exchange_id, _ in self._row_ids if exchange_id in exchange_ids)
+
     # --- recorded requests -----------------------------------------------------------------
 
     @property

@@ -96,6 +96,7 @@ class HeartbeatConsumer:
         connection_name: str = "overseer-operator",
         retry_interval: float = defaults.BROKER_RETRY_INTERVAL,
         verify_interval: float = defaults.BROKER_VERIFY_INTERVAL,
+        connect_slots: asyncio.Semaphore | None = None,
     ) -> None:
         if not urls:
             raise ValueError("a consumer needs at least one broker URL")
@@ -109,6 +110,7 @@ class HeartbeatConsumer:
         self._connection_name = connection_name
         self._retry_interval = retry_interval
         self._verify_interval = verify_interval
+        self._connect_slots = connect_slots or contextlib.nullcontext()
         self._state: BrokerStatus | None = None
         self.connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -131,8 +133,9 @@ class HeartbeatConsumer:
             url = self._urls[attempt % len(self._urls)]
             where = describe_url(url)
             try:
-                await self._connect(url)
-                await self._consume()
+                async with self._connect_slots:  # many exchanges reconnect after an outage
+                    await self._connect(url)
+                    await self._consume()
                 backoff.reset()
                 await self._supervise()
                 self._report(BrokerState.UNREACHABLE, f"connection to {where} lost; reconnecting")

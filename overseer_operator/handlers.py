@@ -18,6 +18,7 @@ from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
 from overseer_operator.oauth import TokenCache
+from overseer_operator.ratelimit import RateLimiter
 
 PREFIX = "overseer.openaperture.io"
 # A stopping monitor gets this long to close its connections by itself (kopf's "backoff")...
@@ -39,6 +40,9 @@ async def configure(
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
     memo.token_cache = TokenCache()
+    memo.event_budget = RateLimiter(
+        defaults.OPERATOR_EVENTS_PER_MINUTE, 60.0, asyncio.get_running_loop().time
+    )
     memo.loop_watch = asyncio.create_task(metrics.watch_event_loop())
     await seed_legacy_exchange(memo.kube, memo.environment, logger)
 
@@ -66,7 +70,9 @@ async def monitor_exchange(
     name: str,
     **_: Any,
 ) -> None:
-    monitor = ExchangeMonitor(body, memo.environment, memo.kube, memo.token_cache)
+    monitor = ExchangeMonitor(
+        body, memo.environment, memo.kube, memo.token_cache, memo.get("event_budget")
+    )
     memo.monitors[namespace, name] = monitor
     try:
         await monitor.run(stopped)
