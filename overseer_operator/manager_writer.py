@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import zlib
 from collections import deque
@@ -57,8 +58,10 @@ _OPERATION_FOR_STATE = {
 @dataclass(slots=True)
 class _Owed:
     module_type: str
-    workload: list[Any]
-    operations: deque[tuple[int, Operation]] = field(default_factory=deque)
+    workload: list[Any] | str  # compact JSON text while owed: a fleet registering at once
+    # At most three (refresh, inactive, delete): a list, not a deque (a deque is 0.6 KiB empty,
+    # and a mass registration owes one per worker).
+    operations: list[tuple[int, Operation]] = field(default_factory=list)
     queued: bool = False  # in the writer's FIFO of workers with work
     in_flight: bool = False
 
@@ -112,10 +115,10 @@ class ManagerWriter:
         owed = self._owed.get(transition.hostname)
         if owed is None:
             owed = self._owed[transition.hostname] = _Owed(
-                transition.module_type, transition.workload
+                transition.module_type, _compact(transition.workload)
             )
         owed.module_type = transition.module_type
-        owed.workload = transition.workload
+        owed.workload = _compact(transition.workload)
         operation = _OPERATION_FOR_STATE[transition.current]
         if operation is Operation.ACTIVE:
             self._pending -= len(owed.operations)
@@ -129,13 +132,15 @@ class ManagerWriter:
         """An active worker beat again: owe a refresh once ``refresh_interval`` has passed."""
         owed = self._owed.get(heartbeat.hostname)
         if owed is not None and owed.operations:
-            owed.workload = heartbeat.workload
+            owed.workload = _heartbeat_workload(heartbeat)
             return
         written_at = self._written_at.get(heartbeat.hostname)
         if written_at is not None and self._clock() - written_at < self.refresh_interval:
             return
         if owed is None:
-            owed = self._owed[heartbeat.hostname] = _Owed(heartbeat.module_type, heartbeat.workload)
+            owed = self._owed[heartbeat.hostname] = _Owed(
+                heartbeat.module_type, _heartbeat_workload(heartbeat)
+            )
         owed.operations.append((next(self._sequence), Operation.ACTIVE))
         self._pending += 1
         self._queue(heartbeat.hostname, owed)
@@ -208,7 +213,7 @@ class ManagerWriter:
                 self._record_write(hostname)
         # A newer transition may have replaced the queue while the call was in flight.
         if owed.operations and owed.operations[0][0] == sequence:
-            owed.operations.popleft()
+            del owed.operations[0]
             self._pending -= 1
         self._backoff.reset()
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
@@ -223,7 +228,11 @@ class ManagerWriter:
             await self._client.delete_module(self._exchange_id, hostname)
         else:
             await self._client.upsert_module(
-                self._exchange_id, hostname, owed.module_type, operation.value, owed.workload
+                self._exchange_id,
+                hostname,
+                owed.module_type,
+                operation.value,
+                json.loads(owed.workload) if isinstance(owed.workload, str) else owed.workload,
             )
 
     def _outcome(self, operation: Operation, outcome: str) -> None:
@@ -235,6 +244,14 @@ class ManagerWriter:
             Verdict(False, reason, f"{self._pending} Manager writes pending: {message}")
         )
         await self._backoff.wait()
+
+
+def _compact(workload: list[Any]) -> str:
+    return json.dumps(workload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _heartbeat_workload(heartbeat: Heartbeat) -> list[Any] | str:
+    return heartbeat.workload if heartbeat.workload_json is None else heartbeat.workload_json
 
 
 def refresh_phase(hostname: str) -> float:
