@@ -75,18 +75,18 @@ class Scale:
 QUICK = Scale(
     ingest_messages=1_000,
     ingest_hosts=100,
-    capacity_seconds=2.0,
+    capacity_seconds=1.0,
     exchanges=2,
-    workers_per_exchange=40,
-    interval=2.0,
-    window=8.0,
-    refresh="20s",
-    thresholds=("20s", "40s"),
-    restart_watch=4.0,
+    workers_per_exchange=20,
+    interval=1.0,
+    window=3.0,
+    refresh="10s",
+    thresholds=("10s", "20s"),
+    restart_watch=2.0,
     silent_exchanges=2,
-    silent_workers=100,
-    silent_interval=1.0,
-    silent_thresholds=("4s", "8s"),
+    silent_workers=40,
+    silent_interval=0.5,
+    silent_thresholds=("2s", "4s"),
 )
 
 
@@ -107,6 +107,7 @@ class Exchanges:
     queues: list[str]
     keys: list[str]
     ids: list[str]
+    names: list[str]
 
 
 @dataclass
@@ -146,9 +147,10 @@ class Bed:
         self.processes.append(process)
         return process
 
-    def provision(self, count: int, refresh: str, thresholds: tuple[str, str]) -> Exchanges:
+    def provision(self, count: int, namespace: str | None = None, prefix: str = "x") -> Exchanges:
+        """``count`` exchanges in the Manager and on the broker, in a new namespace or this one."""
         tag = secrets.token_hex(3)
-        namespace = root = f"bench-{tag}"
+        root = f"bench-{tag}"
         root_id = str(self.next_id)
         self.manager.add_exchange(root_id, root, "bench")
         queues, keys, ids = [], [], []
@@ -160,16 +162,19 @@ class Bed:
             ids.append(exchange_id)
         self.next_id += count + 1
         asyncio.run(declare(self.amqp_url, root, queues, keys))
-        self.kubectl("create", "namespace", namespace)
-        self.namespaces.append(namespace)
-        return Exchanges(namespace, root, queues, keys, ids)
+        if namespace is None:
+            namespace = root
+            self.kubectl("create", "namespace", namespace)
+            self.namespaces.append(namespace)
+        names = [f"{prefix}{index}" for index in range(count)]
+        return Exchanges(namespace, root, queues, keys, ids, names)
 
     def apply(self, exchanges: Exchanges, refresh: str, thresholds: tuple[str, str]) -> None:
         items = [
             {
                 "apiVersion": "openaperture.io/v1alpha1",
                 "kind": "MessagingExchange",
-                "metadata": {"name": f"x{index}", "namespace": exchanges.namespace},
+                "metadata": {"name": exchanges.names[index], "namespace": exchanges.namespace},
                 "spec": {
                     "exchangeId": exchange_id,
                     "brokerId": "1",
@@ -381,7 +386,7 @@ def read_count(path: Path) -> float:
 
 def ingest_and_capacity(bed: Bed, scale: Scale, rows: list[Row]) -> float:
     """Rows 1 and 2; returns the operator's sustained rate (for sizing the steady fleet)."""
-    exchanges = bed.provision(1, scale.refresh, scale.thresholds)
+    exchanges = bed.provision(1)
     queue = exchanges.queues[0]
     burst = str(int(scale.capacity_seconds * 9000) + 1000)
 
@@ -444,13 +449,16 @@ def ingest_and_capacity(bed: Bed, scale: Scale, rows: list[Row]) -> float:
     return operator_capacity
 
 
-def steady_fleet_and_restart(bed: Bed, scale: Scale, rows: list[Row], capacity: float) -> None:
+def steady_fleet_and_restart(
+    bed: Bed, scale: Scale, rows: list[Row], capacity: float
+) -> tuple[Operator, Exchanges]:
+    """Rows 3 to 7; returns the restarted operator, still running, and its exchanges."""
     exchanges_count, per_exchange = scale.exchanges, scale.workers_per_exchange
     wanted = exchanges_count * per_exchange / scale.interval
     if capacity and wanted > 0.8 * capacity:  # the largest fleet this machine carries
         per_exchange = max(1, int(0.8 * capacity * scale.interval / exchanges_count))
     workers = exchanges_count * per_exchange
-    exchanges = bed.provision(exchanges_count, scale.refresh, scale.thresholds)
+    exchanges = bed.provision(exchanges_count)
     bed.apply(exchanges, scale.refresh, scale.thresholds)
     operator = bed.operator(exchanges.namespace)
     consumed_at = wait_until(
@@ -461,7 +469,7 @@ def steady_fleet_and_restart(bed: Bed, scale: Scale, rows: list[Row], capacity: 
         "every queue consumed",
         interval=0.5,
     )
-    time.sleep(3)
+    time.sleep(min(3.0, scale.interval))
     idle_rss = operator.rss()
     # Run long enough for registration, the window and the restart.
     duration = 3 * scale.interval + 60 + scale.window + scale.restart_watch + 60
@@ -593,7 +601,7 @@ def steady_fleet_and_restart(bed: Bed, scale: Scale, rows: list[Row], capacity: 
         )
     )
     loadgen_result(load)
-    stop(restarted.process)
+    return restarted, exchanges
 
 
 def snapshot(bed: Bed, operator: Operator, exchanges: Exchanges, text: str) -> dict[str, float]:
@@ -608,14 +616,16 @@ def snapshot(bed: Bed, operator: Operator, exchanges: Exchanges, text: str) -> d
     }
 
 
-def mass_silence(bed: Bed, scale: Scale, rows: list[Row]) -> None:
+def mass_silence(
+    bed: Bed, scale: Scale, rows: list[Row], operator: Operator, namespace: str
+) -> None:
+    """Rows 8 to 10, on the running operator (its steady fleet, stopped, is still known)."""
     count = scale.silent_exchanges
     per_exchange = scale.silent_workers // count
     workers = per_exchange * count
     inactive_after = seconds(scale.silent_thresholds[0])
-    exchanges = bed.provision(count, "5m", scale.silent_thresholds)
+    exchanges = bed.provision(count, namespace, prefix="silent")
     bed.apply(exchanges, "5m", scale.silent_thresholds)
-    operator = bed.operator(exchanges.namespace)
     load = bed.loadgen(exchanges, per_exchange, "--interval", str(scale.silent_interval),
                        "--report-last", prefix="s")  # fmt: skip
     ids = set(exchanges.ids)
@@ -639,6 +649,7 @@ def mass_silence(bed: Bed, scale: Scale, rows: list[Row]) -> None:
             for item in json.loads(
                 bed.kubectl("get", "mx", "-n", exchanges.namespace, "-o", "json")
             )["items"]
+            if item["metadata"]["name"] in exchanges.names
         )
         status_times.append((time.monotonic(), inactive))
         if inactive >= workers:
@@ -834,8 +845,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with broker_pinned(env, pin) as pinning:
                 capacity = ingest_and_capacity(bed, scale, rows)
-                steady_fleet_and_restart(bed, scale, rows, 0 if options.quick else capacity)
-                mass_silence(bed, scale, rows)
+                operator, steady = steady_fleet_and_restart(
+                    bed, scale, rows, 0 if options.quick else capacity
+                )
+                mass_silence(bed, scale, rows, operator, steady.namespace)
         except Exception:
             for log in sorted(Path(logs).glob("*.log")):
                 sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
