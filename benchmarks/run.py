@@ -45,6 +45,7 @@ from typing import Any
 
 import aio_pika
 import httpx
+import kubernetes
 
 from devtools.manager_emulator import ManagerEmulator
 from tests.fixtures.operator import free_port
@@ -642,19 +643,24 @@ def mass_silence(
     silenced = time.monotonic()
     due = sorted(moment + inactive_after for moment in last.values())
     status_times: list[tuple[float, int]] = []
+    # The status as the apiserver serves it, read directly (a kubectl call takes longer).
+    custom = kubernetes.client.CustomObjectsApi(
+        kubernetes.config.new_client_from_config(bed.env["KUBECONFIG"])
+    )
     deadline = silenced + inactive_after + 60
     while time.monotonic() < deadline:
+        listed = custom.list_namespaced_custom_object(
+            "openaperture.io", "v1alpha1", exchanges.namespace, "messagingexchanges"
+        )
         inactive = sum(
             (item.get("status") or {}).get("workers", {}).get("inactive", 0)
-            for item in json.loads(
-                bed.kubectl("get", "mx", "-n", exchanges.namespace, "-o", "json")
-            )["items"]
+            for item in listed["items"]
             if item["metadata"]["name"] in exchanges.names
         )
         status_times.append((time.monotonic(), inactive))
         if inactive >= workers:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     manager_lags = []
     for exchange_id in exchanges.ids:
         for request in bed.manager.module_writes(exchange_id):
@@ -699,8 +705,8 @@ def mass_silence(
             None,
             "<= 1 s",
             status_p99 <= 1.0,
-            "time the status counts first showed 99 % inactive (polled every 0.2 s with "
-            "kubectl) minus the 99th percentile threshold",
+            "time the status counts first showed 99 % inactive (read from the apiserver every "
+            "0.05 s) minus the 99th percentile threshold",
         )
     )
     rows.append(
