@@ -36,3 +36,6 @@ OPERATOR_EVENTS_PER_MINUTE = 60
 # Exchanges connecting (Manager reads, broker connection) at the same time, at start-up or after
 # an outage; the others wait their turn.
 STARTUP_CONCURRENCY = 10
+# Manager writes in flight for the whole operator (a mass registration of 100 exchanges is paced
+# by the Manager's answers, not sent 400 at a time).
+MANAGER_WRITE_CONCURRENCY = 16

@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import json
 import logging
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from overseer_operator import metrics
+from overseer_operator import defaults, metrics
 from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import (
     ManagerClient,
@@ -191,7 +192,8 @@ class ManagerWriter:
     async def _write(self, hostname: str, owed: _Owed) -> None:
         sequence, operation = owed.operations[0]
         try:
-            await self._call(hostname, owed, operation)
+            async with write_slots():  # operator-wide; never held across a backoff wait
+                await self._call(hostname, owed, operation)
         except ManagerRejected as error:
             if error.status == 404 and operation is not Operation.DELETE:
                 await self._failed(operation, Reason.MANAGER_UNREACHABLE, str(error))
@@ -244,6 +246,20 @@ class ManagerWriter:
             Verdict(False, reason, f"{self._pending} Manager writes pending: {message}")
         )
         await self._backoff.wait()
+
+
+_write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def write_slots() -> asyncio.Semaphore:
+    """The operator-wide bound on Manager writes in flight, whatever the number of exchanges."""
+    loop = asyncio.get_running_loop()
+    slots = _write_slots.get(loop)
+    if slots is None:
+        slots = _write_slots[loop] = asyncio.Semaphore(defaults.MANAGER_WRITE_CONCURRENCY)
+    return slots
 
 
 def _compact(workload: list[Any]) -> str:

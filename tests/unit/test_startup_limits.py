@@ -60,3 +60,10 @@ async def test_connections_in_flight_are_bounded_operator_wide() -> None:
 
     await asyncio.gather(*(connect() for _ in range(50)))
     assert peak == defaults.STARTUP_CONCURRENCY
+
+
+async def test_manager_writes_in_flight_are_bounded_operator_wide() -> None:
+    from overseer_operator.manager_writer import write_slots
+
+    assert write_slots() is write_slots()
+    assert write_slots()._value == defaults.MANAGER_WRITE_CONCURRENCY
