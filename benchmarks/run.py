@@ -406,9 +406,19 @@ def ingest_and_capacity(bed: Bed, scale: Scale, rows: list[Row]) -> float:
     loadgen_result(load)
     stop(bare)
 
-    # The operator, started with the same backlog waiting.
-    prefill()
+    # The operator, restarted with the same backlog waiting: as after a real restart, the hosts
+    # are known (one round was read and registered by a first run), so the drain is heartbeats,
+    # not 2,000 first registrations.
+    asyncio.run(_purge(bed.amqp_url, [queue]))
     bed.apply(exchanges, scale.refresh, scale.thresholds)
+    first = bed.operator(exchanges.namespace)
+    bed.loadgen(exchanges, scale.ingest_hosts, "--burst", str(scale.ingest_hosts)).wait(120)
+    ids = {exchanges.ids[0]}
+    wait_until(
+        lambda: bed.manager.module_count(ids) > scale.ingest_hosts, 120, "the hosts registered"
+    )
+    stop(first.process)
+    prefill()
     operator = bed.operator(exchanges.namespace)
 
     def received() -> float:
@@ -430,8 +440,8 @@ def ingest_and_capacity(bed: Bed, scale: Scale, rows: list[Row]) -> float:
             bare_rate,
             ">= 0.8x the bare rate",
             operator_rate >= 0.8 * bare_rate,
-            f"{scale.ingest_messages} queued, {scale.ingest_hosts} hosts, half ETF half JSON; "
-            "rate between 10 % and 90 % drained",
+            f"{scale.ingest_messages} queued, {scale.ingest_hosts} hosts (known: the operator "
+            "restarts behind the backlog), half ETF half JSON; rate between 10 % and 90 % drained",
         )
     )
     rows.append(
