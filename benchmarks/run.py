@@ -69,7 +69,7 @@ class Scale:
     restart_watch: float = 60.0
     silent_exchanges: int = 10
     silent_workers: int = 10_000
-    silent_interval: float = 10.0
+    silent_interval: float = 30.0
     silent_thresholds: tuple[str, str] = ("60s", "120s")
 
 
@@ -490,7 +490,7 @@ def steady_fleet_and_restart(
     ids = set(exchanges.ids)
     wait_until(
         lambda: bed.manager.module_count(ids) >= workers + exchanges_count,  # + the operator
-        3 * scale.interval + 120 + workers / 200,
+        3 * scale.interval + 300 + workers / 50,
         "the fleet registered",
         interval=1.0,
     )
@@ -642,7 +642,7 @@ def mass_silence(
     ids = set(exchanges.ids)
     wait_until(
         lambda: bed.manager.module_count(ids) >= workers + count,  # + the operator
-        3 * scale.silent_interval + 120 + workers / 200,
+        3 * scale.silent_interval + 300 + workers / 50,
         "the silent fleet registered",
         interval=1.0,
     )
