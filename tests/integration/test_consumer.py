@@ -110,6 +110,12 @@ async def test_the_consumer_is_back_after_the_broker_drops_the_connection(
         await recorder.reached(BrokerState.CONSUMING)
         await publish(amqp_url, topology, b"after the reconnect")
         await until(lambda: b"after the reconnect" in recorder.bodies)
+        # The management API's count is sampled (every 0.5 s on the test bed), and a delivery can
+        # arrive before the next sample: wait for the count, then check it stays at one.
+        async with asyncio.timeout(10):
+            while (await asyncio.to_thread(rabbitmq_api.queue, topology.queue))["consumers"] != 1:  # noqa: ASYNC110 - the management API is polled
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)  # three more samples
         queue = await asyncio.to_thread(rabbitmq_api.queue, topology.queue)
         assert queue["consumers"] == 1  # restored once, not twice
 
