@@ -233,7 +233,10 @@ class ManagerEmulator:
         self._exchanges: dict[str, _Exchange] = {}
         self._brokers: dict[str, _Broker] = {}
         self._connections: list[_BrokerConnection] = []
-        self._modules: list[_Module] = []
+        # Rows by id, in insertion order, and the ids of each (exchange, hostname): a write
+        # costs O(1) however many rows there are (100,000-worker benchmarks).
+        self._modules: dict[int, _Module] = {}
+        self._row_ids: dict[tuple[str, str], list[int]] = {}
         self._ids = iter(range(1, sys.maxsize))
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
@@ -378,7 +381,7 @@ class ManagerEmulator:
         """
         moment = updated_at or _now()
         with self._lock:
-            self._modules.append(
+            self._insert(
                 _Module(
                     next(self._ids),
                     exchange_id,
@@ -391,10 +394,26 @@ class ManagerEmulator:
                 )
             )
 
+    def _insert(self, row: _Module) -> None:
+        self._modules[row.id] = row
+        self._row_ids.setdefault((row.exchange_id, row.hostname), []).append(row.id)
+
+    def _remove(self, exchange_id: str, hostname: str) -> int:
+        """Delete every row of the hostname in the exchange; how many there were."""
+        ids = self._row_ids.pop((exchange_id, hostname), [])
+        for row_id in ids:
+            del self._modules[row_id]
+        return len(ids)
+
     def modules(self, exchange_id: str) -> list[dict[str, Any]]:
         """The exchange's rows exactly as ``GET .../modules`` would return them."""
         with self._lock:
-            return [_module_json(m) for m in self._modules if m.exchange_id == exchange_id]
+            return [_module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id]
+
+    def module_count(self, exchange_ids: set[str]) -> int:
+        """How many hostnames have a row in these exchanges (cheap enough to poll)."""
+        with self._lock:
+            return sum(1 for exchange_id, _ in self._row_ids if exchange_id in exchange_ids)
 
     # --- recorded requests -----------------------------------------------------------------
 
@@ -573,19 +592,13 @@ class ManagerEmulator:
         with self._lock:
             if exchange_id not in self._exchanges:
                 return _Response(404)
-            rows = [_module_json(m) for m in self._modules if m.exchange_id == exchange_id]
+            rows = [_module_json(m) for m in self._modules.values() if m.exchange_id == exchange_id]
         return _json_response(200, rows)
 
     def _get_module(self, exchange_id: str, hostname: str, **_: Any) -> _Response:
         with self._lock:
-            row = next(
-                (
-                    m
-                    for m in self._modules
-                    if m.exchange_id == exchange_id and m.hostname == hostname
-                ),
-                None,
-            )
+            ids = self._row_ids.get((exchange_id, hostname))
+            row = self._modules[ids[0]] if ids else None
             if exchange_id not in self._exchanges or row is None:
                 return _Response(404)
             return _json_response(200, _module_json(row))
@@ -614,13 +627,9 @@ class ManagerEmulator:
                     },
                 )
             hostname = payload["hostname"]
-            self._modules = [
-                m
-                for m in self._modules
-                if not (m.exchange_id == exchange_id and m.hostname == hostname)
-            ]
+            self._remove(exchange_id, hostname)
             moment = _now()
-            self._modules.append(
+            self._insert(
                 _Module(
                     next(self._ids),
                     exchange_id,
@@ -640,14 +649,8 @@ class ManagerEmulator:
 
     def _delete_module(self, exchange_id: str, hostname: str, **_: Any) -> _Response:
         with self._lock:
-            kept = [
-                m
-                for m in self._modules
-                if not (m.exchange_id == exchange_id and m.hostname == hostname)
-            ]
-            if exchange_id not in self._exchanges or len(kept) == len(self._modules):
+            if exchange_id not in self._exchanges or not self._remove(exchange_id, hostname):
                 return _Response(404)
-            self._modules = kept
         return _Response(204)
 
     def _get_broker(self, broker_id: str, **_: Any) -> _Response:

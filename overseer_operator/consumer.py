@@ -12,6 +12,13 @@ itself says that the queue exists, that it has a consumer and how many messages 
 readings go to ``on_queue``; what they mean for verdicts (caught
 up, falling behind) is decided by the caller. The queue is never declared: the estate provisions
 it. Nothing raised here ends ``run``: every failure is reported and retried with backoff.
+
+Cost per delivery (the profile is in ``benchmarks/README.md``): deliveries are taken from the
+channel's protocol layer (aiormq, which aio-pika is built on) as they arrive, without building
+aio-pika's ``IncomingMessage`` for each, and handled synchronously; acks are batched
+(``AckBatcher``): one ``basic.ack`` with ``multiple`` for up to a quarter of the prefetch window,
+or after ``ACK_FLUSH_DELAY`` at the latest, instead of one frame, one task and one ``send`` per
+message. A lost connection redelivers what was not acked yet; a heartbeat read twice is harmless.
 """
 
 from __future__ import annotations
@@ -22,10 +29,14 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import AbstractChannel as ProtocolChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from overseer_operator import defaults
 from overseer_operator.backoff import Backoff
@@ -35,6 +46,9 @@ from overseer_operator.model import BrokerState, BrokerStatus
 logger = logging.getLogger(__name__)
 
 AMQP_HEARTBEAT_SECONDS = 30
+# Longest an ack waits for its batch to fill: far below any threshold, and it bounds what a lost
+# connection redelivers.
+ACK_FLUSH_DELAY = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +98,7 @@ class HeartbeatConsumer:
         connection_name: str = "overseer-operator",
         retry_interval: float = defaults.BROKER_RETRY_INTERVAL,
         verify_interval: float = defaults.BROKER_VERIFY_INTERVAL,
+        connect_slots: asyncio.Semaphore | None = None,
     ) -> None:
         if not urls:
             raise ValueError("a consumer needs at least one broker URL")
@@ -97,9 +112,11 @@ class HeartbeatConsumer:
         self._connection_name = connection_name
         self._retry_interval = retry_interval
         self._verify_interval = verify_interval
+        self._connect_slots = connect_slots or contextlib.nullcontext()
         self._state: BrokerStatus | None = None
         self.connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._acks: AckBatcher | None = None
 
     def _report(self, state: BrokerState, message: str) -> None:
         status = BrokerStatus(state, message)
@@ -118,8 +135,9 @@ class HeartbeatConsumer:
             url = self._urls[attempt % len(self._urls)]
             where = describe_url(url)
             try:
-                await self._connect(url)
-                await self._consume()
+                async with self._connect_slots:  # many exchanges reconnect after an outage
+                    await self._connect(url)
+                    await self._consume()
                 backoff.reset()
                 await self._supervise()
                 self._report(BrokerState.UNREACHABLE, f"connection to {where} lost; reconnecting")
@@ -169,7 +187,10 @@ class HeartbeatConsumer:
         waiting = queue.declaration_result.message_count or 0
         # Before the first delivery can arrive: the backlog is counted from here.
         self._on_queue(QueueReading(waiting, 0, started=True))
-        await queue.consume(self._on_message)
+        underlay = await self._channel.get_underlay_channel()
+        self._acks = AckBatcher(underlay, max(1, self._prefetch // 4))
+        # A plain callable: aiormq wraps it with ``awaitable()``, so no task is made per message.
+        await underlay.basic_consume(self._queue_name, self._on_message)  # type: ignore[arg-type]
         self._report(BrokerState.CONSUMING, f"consuming queue {self._queue_name!r}")
 
     async def _supervise(self) -> None:
@@ -207,16 +228,23 @@ class HeartbeatConsumer:
             raise ConsumerLost(self._queue_name)
         self._on_queue(QueueReading(result.message_count or 0, consumers))
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    def _on_message(self, message: DeliveredMessage) -> None:
+        """One delivery, handled synchronously (nothing here awaits)."""
+        acks = self._acks
+        if acks is None or message.channel is not acks.channel:
+            return  # a delivery from a channel already replaced: the broker redelivers it
+        delivery = cast(Basic.Deliver, message.delivery)  # a consumer is only given Deliver
+        tag = cast(int, delivery.delivery_tag)
         try:
             self._handle(message.body)
         except MessageRejected:
-            await _settle(message.reject(requeue=False))
+            acks.reject(tag, requeue=False)
         except Exception:
-            logger.exception("Heartbeat handling failed (redelivered=%s)", message.redelivered)
-            await _settle(message.reject(requeue=not message.redelivered))
+            redelivered = delivery.redelivered
+            logger.exception("Heartbeat handling failed (redelivered=%s)", redelivered)
+            acks.reject(tag, requeue=not redelivered)
         else:
-            await _settle(message.ack())
+            acks.ack(tag)
 
     async def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
         """Publish a persistent message on the consumer's connection (its own heartbeat)."""
@@ -231,6 +259,9 @@ class HeartbeatConsumer:
 
     async def _close(self) -> None:
         connection, self.connection, self._channel = self.connection, None, None
+        acks, self._acks = self._acks, None
+        if acks is not None:
+            await acks.aclose()  # what was handled is acked before the connection goes
         if connection is not None:
             try:
                 await asyncio.wait_for(connection.close(), timeout=defaults.SHUTDOWN_TIMEOUT)
@@ -239,6 +270,59 @@ class HeartbeatConsumer:
 
     async def aclose(self) -> None:
         await self._close()
+
+
+class AckBatcher:
+    """Settles the deliveries of one channel in batches, in delivery order.
+
+    ``ack`` only remembers the highest handled delivery tag; one ``basic.ack`` with ``multiple``
+    then settles everything up to it, once ``batch`` acks are pending or ``ACK_FLUSH_DELAY`` after
+    the first of them. A reject is sent at once, after flushing the acks before it: a multiple ack
+    never covers a tag that is rejected later (the broker would close the channel for it).
+    Frames are written in the order they are issued (one task each, started in order).
+    """
+
+    def __init__(
+        self, channel: ProtocolChannel, batch: int, delay: float = ACK_FLUSH_DELAY
+    ) -> None:
+        self.channel = channel
+        self._batch = batch
+        self._delay = delay
+        self._acked_up_to = 0  # highest tag handled and not yet acked; 0: none pending
+        self._pending = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def ack(self, tag: int) -> None:
+        self._acked_up_to = tag
+        self._pending += 1
+        if self._pending >= self._batch:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self.flush)
+
+    def reject(self, tag: int, *, requeue: bool) -> None:
+        self.flush()
+        self._send(self.channel.basic_reject(tag, requeue=requeue))
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            tag, self._acked_up_to, self._pending = self._acked_up_to, 0, 0
+            self._send(self.channel.basic_ack(tag, multiple=True))
+
+    def _send(self, outcome: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(_settle(outcome))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def aclose(self) -> None:
+        """Send what is pending and wait for every frame issued (the channel may be gone)."""
+        self.flush()
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=defaults.SHUTDOWN_TIMEOUT)
 
 
 async def _settle(outcome: Awaitable[object]) -> None:

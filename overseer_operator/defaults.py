@@ -30,3 +30,12 @@ BROKER_RETRY_INTERVAL = 5.0
 BROKER_VERIFY_INTERVAL = 5.0  # how often the broker is asked about the queue (consumer, depth)
 MAX_BACKOFF = 60.0  # the longest wait between retries of anything
 EVENTS_PER_MINUTE = 10
+# Events a minute for the whole operator, whatever the number of exchanges (100 exchanges
+# registering their fleets at once must not become a thousand POSTs a minute).
+OPERATOR_EVENTS_PER_MINUTE = 60
+# Exchanges connecting (Manager reads, broker connection) at the same time, at start-up or after
+# an outage; the others wait their turn.
+STARTUP_CONCURRENCY = 10
+# Manager writes in flight for the whole operator (a mass registration of 100 exchanges is paced
+# by the Manager's answers, not sent 400 at a time).
+MANAGER_WRITE_CONCURRENCY = 16

@@ -1,7 +1,8 @@
 """Kubernetes Events for worker transitions, rate-limited and posted off the hot path.
 
 A fleet-wide incident must not turn into an Event storm: at most ``capacity`` Events per minute
-per exchange; what is held back is summed up in one Event once the bucket refills.
+per exchange, and within a ``budget`` shared by every exchange of the operator; what is held back
+is summed up in one Event once the buckets refill.
 """
 
 from __future__ import annotations
@@ -46,16 +47,21 @@ class EventRecorder:
         *,
         capacity: int = defaults.EVENTS_PER_MINUTE,
         per_seconds: float = 60.0,
+        budget: RateLimiter | None = None,
     ) -> None:
         self._kube = kube
         self._involved = dict(involved)
         self._labels = (involved["namespace"], involved["name"], "event")
         self._limiter = RateLimiter(capacity, per_seconds, asyncio.get_running_loop().time)
+        self._budget = budget
         self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=capacity * 2)
         self._token_period = per_seconds / capacity
 
     def record(self, transition: Transition, thresholds: Thresholds) -> None:
         if not self._limiter.allow():
+            return
+        if self._budget is not None and not self._budget.allow():
+            self._limiter.suppressed += 1  # summed up in this exchange's next Event
             return
         event_type, reason = _REASONS[transition.current]
         self._enqueue(event_type, reason, describe_transition(transition, thresholds))

@@ -4,11 +4,17 @@ A worker is ``active`` from its last heartbeat until ``inactive_after`` has pass
 ``inactive`` until ``offline_after``, then ``offline``; after ``forget_after`` more it is dropped.
 Any heartbeat makes it active again.
 
-Cost: active workers sit in an ordered dict that a heartbeat moves to its end, so it stays sorted by
-last heartbeat (O(1) per heartbeat) and its front is the next worker to turn inactive. Inactive and
+Cost: active workers sit in a dict that a heartbeat moves to its end (delete and re-insert: dicts
+keep insertion order), so it stays sorted by last heartbeat (O(1) per heartbeat) and its front is
+the next worker to turn inactive. Inactive and
 offline workers never refresh (a heartbeat makes them active), so their next deadline is exact and
 lives in a heap; a worker leaving the heap just bumps its epoch and its entry is skipped when it
 surfaces. A sweep therefore touches only what is due, O(log n) each.
+
+Memory (about 0.5 KiB a worker): a slotted record per worker, two plain dicts (no OrderedDict and
+its linked list), the workload kept as the compact JSON text the decoder made (a string, not a
+list of dicts: it is turned back into data only for a transition or a view), and module types and
+statuses shared between workers (interned by the decoder).
 
 Time: the fleet runs on its own time, the clock minus the time spent paused. While the consumer has
 lost the broker the fleet is paused; on resume every worker keeps the margin it had (a broker
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,7 +60,7 @@ class _Worker:
         hostname: str,
         module_type: str,
         status: str,
-        workload: list[Any],
+        workload: list[Any] | str,
         state: WorkerState,
         last_seen: float,
         last_heartbeat_at: float | None,
@@ -62,7 +68,7 @@ class _Worker:
         self.hostname = hostname
         self.module_type = module_type
         self.status = status
-        self.workload = workload
+        self.workload = workload  # a list, or its compact JSON text
         self.state = state
         self.last_seen = last_seen  # fleet time (the clock minus time paused)
         self.last_heartbeat_at = last_heartbeat_at  # clock time
@@ -76,7 +82,7 @@ class Fleet:
         self._thresholds = thresholds
         self._clock = clock
         self._workers: dict[str, _Worker] = {}
-        self._active: OrderedDict[str, _Worker] = OrderedDict()  # oldest heartbeat first
+        self._active: dict[str, _Worker] = {}  # oldest heartbeat first
         self._timers: list[tuple[float, int, str]] = []  # (fleet-time deadline, epoch, hostname)
         self._epochs = itertools.count()
         self._counts = dict.fromkeys(WorkerState, 0)
@@ -113,7 +119,7 @@ class Fleet:
                 heartbeat.hostname,
                 heartbeat.module_type,
                 heartbeat.status,
-                heartbeat.workload,
+                _stored(heartbeat),
                 WorkerState.ACTIVE,
                 now,
                 at,
@@ -124,7 +130,7 @@ class Fleet:
                 worker.module_type,
                 None,
                 WorkerState.ACTIVE,
-                worker.workload,
+                heartbeat.workload,
                 at,
                 at,
             )
@@ -136,11 +142,13 @@ class Fleet:
         )
         worker.module_type = heartbeat.module_type
         worker.status = heartbeat.status
-        worker.workload = heartbeat.workload
+        worker.workload = _stored(heartbeat)
         worker.last_seen = now
         worker.last_heartbeat_at = at
         if previous is WorkerState.ACTIVE:
-            self._active.move_to_end(worker.hostname)
+            active = self._active
+            del active[worker.hostname]  # to the end: the newest heartbeat
+            active[worker.hostname] = worker
             if not record_changed:
                 return None
         else:
@@ -150,7 +158,7 @@ class Fleet:
             worker.module_type,
             previous,
             WorkerState.ACTIVE,
-            worker.workload,
+            heartbeat.workload,
             at,
             at,
         )
@@ -170,7 +178,7 @@ class Fleet:
                 and active_due <= now
                 and (timer_due is None or active_due <= timer_due)
             ):
-                _, worker = self._active.popitem(last=False)
+                worker = self._active.pop(next(iter(self._active)))
                 self._move(worker, WorkerState.INACTIVE)
                 transitions.append(self._transition(worker, WorkerState.ACTIVE, active_due, at))
             elif timer_due is not None and timer_due <= now:
@@ -236,7 +244,7 @@ class Fleet:
             state, last_seen = WorkerState.INACTIVE, now - silent
         else:
             state, last_seen = WorkerState.OFFLINE, now - silent
-        workload = list(workload) or (existing.workload if existing is not None else [])
+        workload = list(workload) or (_loaded(existing.workload) if existing is not None else [])
         self._add(_Worker(hostname, module_type, DEFAULT_STATUS, workload, state, last_seen, None))
         return True
 
@@ -335,7 +343,7 @@ class Fleet:
             worker.module_type,
             previous,
             worker.state,
-            worker.workload,
+            _loaded(worker.workload),
             due + self._paused_for,
             at,
         )
@@ -348,5 +356,14 @@ class Fleet:
             worker.last_seen + self._paused_for,
             worker.last_heartbeat_at,
             worker.status,
-            worker.workload,
+            _loaded(worker.workload),
         )
+
+
+def _stored(heartbeat: Heartbeat) -> list[Any] | str:
+    """What a worker's record keeps of its workload: the decoder's JSON text if there is one."""
+    return heartbeat.workload if heartbeat.workload_json is None else heartbeat.workload_json
+
+
+def _loaded(workload: list[Any] | str) -> list[Any]:
+    return json.loads(workload) if isinstance(workload, str) else workload

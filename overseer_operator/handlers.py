@@ -7,16 +7,18 @@ in the operator memo that kopf copies into every resource's memo.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
-from overseer_operator import defaults
+from overseer_operator import defaults, metrics
 from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
 from overseer_operator.oauth import TokenCache
+from overseer_operator.ratelimit import RateLimiter
 from overseer_operator.sharding import Coordinator, monitor_while_owned
 
 # The logger kopf passes to handlers.
@@ -42,6 +44,10 @@ async def configure(
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
     memo.token_cache = TokenCache()
+    memo.event_budget = RateLimiter(
+        defaults.OPERATOR_EVENTS_PER_MINUTE, 60.0, asyncio.get_running_loop().time
+    )
+    memo.loop_watch = asyncio.create_task(metrics.watch_event_loop())
     memo.coordinator = None
     environment = memo.environment
     if environment.sharding:
@@ -58,6 +64,8 @@ async def configure(
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("loop_watch") is not None:
+        memo.loop_watch.cancel()
     if memo.get("coordinator") is not None:
         await memo.coordinator.stop()
     await memo.kube.aclose()
@@ -89,6 +97,7 @@ async def monitor_exchange(
                 memo.environment,
                 memo.kube,
                 memo.token_cache,
+                memo.get("event_budget"),
                 seed_status=seed,
                 epoch=epoch,
                 on_fenced=fenced,
@@ -97,7 +106,9 @@ async def monitor_exchange(
             GRACEFUL_STOP,
         )
         return
-    monitor = ExchangeMonitor(body, memo.environment, memo.kube, memo.token_cache)
+    monitor = ExchangeMonitor(
+        body, memo.environment, memo.kube, memo.token_cache, memo.get("event_budget")
+    )
     memo.monitors[namespace, name] = monitor
     try:
         await monitor.run(stopped)

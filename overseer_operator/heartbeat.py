@@ -23,9 +23,10 @@ import json
 import math
 import re
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import erlang
 
@@ -51,12 +52,26 @@ _MAX_ATOM_CHARS = 255  # Erlang refuses longer atoms
 
 _VERSION = 131
 _COMPRESSED = 80
-# Term tags (erl_ext_dist) of plain data, by how their payload is laid out.
-_FIXED_SIZE = {97: 1, 98: 4, 70: 8, 99: 31, 106: 0}  # small int, int, floats, nil
-_LENGTH_PREFIXED = {100: 2, 118: 2, 115: 1, 119: 1, 107: 2, 109: 4}  # atoms, string, binary
-_CONTAINERS = {104: (1, 1), 105: (4, 1), 108: (4, 1), 116: (4, 2)}  # tuples, list, map
-_LIST = 108
-_BIG_INTEGERS = {110: 1, 111: 4}
+# Term tags (erl_ext_dist) of plain data.
+_SMALL_INTEGER, _INTEGER, _NEW_FLOAT, _FLOAT, _NIL = 97, 98, 70, 99, 106
+_STRING, _BINARY, _SMALL_BIG, _LARGE_BIG = 107, 109, 110, 111
+_SMALL_TUPLE, _LARGE_TUPLE, _LIST, _MAP = 104, 105, 108, 116
+_ATOM_WIDTH = {100: 2, 118: 2, 115: 1, 119: 1}  # atom tags: width of their length
+_UTF8_ATOM_TAGS = frozenset({118, 119})  # the others are Latin-1 (OTP 25 and older)
+_SPECIAL_ATOMS: dict[bytes, bool | None] = {
+    b"true": True,
+    b"false": False,
+    b"undefined": None,
+    b"nil": None,  # Elixir's nil
+}
+_U32, _I32, _F64 = struct.Struct(">I"), struct.Struct(">i"), struct.Struct(">d")
+# Decoded atoms by their bytes (the handful a fleet sends: keys, event types, module types and
+# states), interned: decoded once, and every worker's record shares one string.
+_UTF8_ATOMS: dict[bytes, str | bool | None] = {}
+_LATIN1_ATOMS: dict[bytes, str | bool | None] = {}
+_ATOM_CACHE_SIZE = 4096
+_NAMES: dict[str, str] = {}  # module types and statuses of JSON messages, likewise shared
+_UNCACHED = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,22 +143,47 @@ def encode_json(heartbeat: Heartbeat, event_type: str = STATUS_EVENT) -> bytes:
 def _decode_etf(body: bytes) -> Any:
     if body[1:2] == bytes([_COMPRESSED]):
         body = _inflate(body)
-    _check_term(body)
     try:
-        term = erlang.binary_to_term(body)
-    except Exception as error:  # erlang-py signals malformed input with several exception types
-        raise MessageRejected("undecodable", f"invalid Erlang term: {error}") from None
-    return _plain(term)
+        document, offset = _term(body, 1, 0)
+    except (IndexError, struct.error):  # a read past the end
+        raise MessageRejected("undecodable", "truncated Erlang term") from None
+    if offset != len(body):
+        raise MessageRejected("undecodable", "trailing bytes after the Erlang term")
+    return document
 
 
 def _decode_json(body: bytes) -> Any:
     try:
-        document = json.loads(body)
+        # Non-finite numbers (NaN, Infinity, 1e999) become null, as in ETF.
+        document = json.loads(body, parse_constant=_no_number, parse_float=_finite_float)
     except RecursionError:
         raise MessageRejected("too_deep", "JSON nested too deeply to parse") from None
     except ValueError as error:
         raise MessageRejected("undecodable", f"invalid JSON: {error}") from None
-    return _plain(document)
+    # Nothing can nest deeper than there are opening brackets: count them (in C) before walking.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        _check_depth(document, 0)
+    return document
+
+
+def _no_number(text: str) -> None:
+    return None
+
+
+def _finite_float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise MessageRejected("too_deep", f"message nested deeper than {MAX_DEPTH}")
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list):
+        return
+    for item in value:
+        _check_depth(item, depth + 1)
 
 
 def _inflate(body: bytes) -> bytes:
@@ -165,91 +205,126 @@ def _inflate(body: bytes) -> bytes:
     return bytes([_VERSION]) + data
 
 
-def _check_term(data: bytes) -> None:
-    """Walk the term's layout without building it; refuse what is not bounded plain data."""
-    offset = 1
-    pending = [1]  # terms still to read at each open nesting level
-    while pending:
-        if pending[-1] == 0:
-            pending.pop()
-            continue
-        pending[-1] -= 1
-        tag = _read(data, offset, 1)
-        offset += 1
-        if tag in _FIXED_SIZE:
-            offset += _FIXED_SIZE[tag]
-        elif tag in _LENGTH_PREFIXED:
-            width = _LENGTH_PREFIXED[tag]
-            offset += width + _read(data, offset, width)
-        elif tag in _BIG_INTEGERS:
-            width = _BIG_INTEGERS[tag]
-            digits = _read(data, offset, width)
-            if digits > MAX_INTEGER_BYTES:
-                raise MessageRejected("too_large", "integer wider than 64 bits")
-            offset += width + 1 + digits
-        elif tag in _CONTAINERS:
-            width, per_item = _CONTAINERS[tag]
-            items = _read(data, offset, width) * per_item + (1 if tag == _LIST else 0)
-            offset += width
-            if items:
-                if len(pending) > MAX_DEPTH:
-                    raise MessageRejected("too_deep", f"term nested deeper than {MAX_DEPTH}")
-                pending.append(items)
-        else:
-            raise MessageRejected(
-                "unsafe_term",
-                f"term tag {tag} is not plain data "
-                "(only maps, lists, tuples, atoms, binaries, strings and numbers are accepted)",
-            )
-        if offset > len(data):
-            raise MessageRejected("undecodable", "truncated Erlang term")
-    if offset != len(data):
-        raise MessageRejected("undecodable", "trailing bytes after the Erlang term")
+def _term(data: bytes, offset: int, depth: int) -> tuple[Any, int]:
+    """The term at ``offset`` as JSON-able Python, and the offset after it.
+
+    One pass that checks and builds at once (no erlang-py objects, no second walk): only plain
+    data is accepted, nesting is bounded (a non-empty container at ``MAX_DEPTH`` is refused),
+    integers are at most ``MAX_INTEGER_BYTES`` wide, and every length is checked against the
+    bytes there are. Atoms become text (``true``/``false`` booleans, ``nil``/``undefined`` None),
+    binaries UTF-8 text, Erlang strings Latin-1 text, tuples lists; an improper list keeps its
+    tail as its last item; a map key that is not text becomes its canonical JSON. Reads past the
+    end raise ``IndexError`` or ``struct.error`` (the caller's "truncated").
+    """
+    tag = data[offset]
+    offset += 1
+    if tag == _MAP:
+        (arity,) = _U32.unpack_from(data, offset)
+        offset += 4
+        document: dict[str, Any] = {}
+        if arity:
+            _enter(depth)
+            for _ in range(arity):
+                key, offset = _term(data, offset, depth + 1)
+                value, offset = _term(data, offset, depth + 1)
+                document[key if type(key) is str else _json_key(key)] = value
+        return document, offset
+    if tag in _ATOM_WIDTH:
+        width = _ATOM_WIDTH[tag]
+        end = offset + width + int.from_bytes(data[offset : offset + width], "big")
+        if end > len(data):
+            raise IndexError
+        return _atom(tag, data[offset + width : end]), end
+    if tag == _BINARY:
+        (size,) = _U32.unpack_from(data, offset)
+        end = offset + 4 + size
+        if end > len(data):
+            raise IndexError
+        return data[offset + 4 : end].decode("utf-8", "replace"), end
+    if tag == _SMALL_INTEGER:
+        return data[offset], offset + 1
+    if tag in (_LIST, _SMALL_TUPLE, _LARGE_TUPLE):
+        width = 1 if tag == _SMALL_TUPLE else 4
+        length = int.from_bytes(data[offset : offset + width], "big")
+        offset += width
+        items: list[Any] = []
+        if length or tag == _LIST:  # a list always has a tail to read
+            _enter(depth)
+        for _ in range(length):
+            item, offset = _term(data, offset, depth + 1)
+            items.append(item)
+        if tag == _LIST:
+            if data[offset] == _NIL:
+                offset += 1
+            else:  # an improper list: its tail is kept as an item
+                tail, offset = _term(data, offset, depth + 1)
+                items.append(tail)
+        return items, offset
+    if tag == _NIL:
+        return [], offset
+    if tag == _INTEGER:
+        return _I32.unpack_from(data, offset)[0], offset + 4
+    if tag == _STRING:  # a list of character codes up to 255
+        end = offset + 2 + int.from_bytes(data[offset : offset + 2], "big")
+        if end > len(data):
+            raise IndexError
+        return data[offset + 2 : end].decode("latin-1"), end
+    if tag == _NEW_FLOAT:
+        value = _F64.unpack_from(data, offset)[0]
+        return (value if math.isfinite(value) else None), offset + 8
+    if tag == _FLOAT:  # the old 31-byte text format
+        if offset + 31 > len(data):
+            raise IndexError
+        try:
+            value = float(data[offset : offset + 31].partition(b"\0")[0])
+        except ValueError:
+            raise MessageRejected("undecodable", "invalid Erlang float") from None
+        return (value if math.isfinite(value) else None), offset + 31
+    if tag in (_SMALL_BIG, _LARGE_BIG):
+        width = 1 if tag == _SMALL_BIG else 4
+        digits = int.from_bytes(data[offset : offset + width], "big")
+        if digits > MAX_INTEGER_BYTES:
+            raise MessageRejected("too_large", "integer wider than 64 bits")
+        offset += width
+        end = offset + 1 + digits
+        if end > len(data):
+            raise IndexError
+        magnitude = int.from_bytes(data[offset + 1 : end], "little")
+        return (-magnitude if data[offset] == 1 else magnitude), end
+    raise MessageRejected(
+        "unsafe_term",
+        f"term tag {tag} is not plain data "
+        "(only maps, lists, tuples, atoms, binaries, strings and numbers are accepted)",
+    )
 
 
-def _read(data: bytes, offset: int, width: int) -> int:
-    if offset + width > len(data):
-        raise MessageRejected("undecodable", "truncated Erlang term")
-    return int.from_bytes(data[offset : offset + width], "big")
+def _enter(depth: int) -> None:
+    """A non-empty container at ``depth`` (the outermost term is at 0)."""
+    if depth >= MAX_DEPTH:
+        raise MessageRejected("too_deep", f"term nested deeper than {MAX_DEPTH}")
 
 
-def _plain(term: Any, depth: int = 0) -> Any:
-    """The term as JSON-able Python: atoms and binaries become str, tuples become lists."""
-    if depth > MAX_DEPTH:
-        raise MessageRejected("too_deep", f"message nested deeper than {MAX_DEPTH}")
-    if term is None or isinstance(term, bool | int | str):
-        return term
-    if isinstance(term, float):
-        return term if math.isfinite(term) else None
-    if isinstance(term, erlang.OtpErlangAtom):
-        return _atom_text(term)
-    if isinstance(term, erlang.OtpErlangBinary):
-        return term.value.decode("utf-8", "replace")
-    if isinstance(term, bytes):  # an Erlang string (a list of character codes up to 255)
-        return term.decode("latin-1")
-    if isinstance(term, dict):
-        return {_key(key, depth + 1): _plain(value, depth + 1) for key, value in term.items()}
-    if isinstance(term, erlang.OtpErlangList):  # an improper list: keep the tail as an item
-        term = term.value
-    if isinstance(term, list | tuple):
-        return [_plain(item, depth + 1) for item in term]
-    raise MessageRejected("unsafe_term", f"{type(term).__name__} is not plain data")
-
-
-def _atom_text(atom: erlang.OtpErlangAtom) -> str | None:
-    if isinstance(atom.value, bytes):  # ATOM_EXT: Latin-1 text
-        text = atom.value.decode("latin-1")
-    elif isinstance(atom.value, str):
-        text = atom.value
+def _atom(tag: int, name: bytes) -> str | bool | None:
+    """An atom's meaning; the few that recur (keys, types, states) are decoded once."""
+    cache = _UTF8_ATOMS if tag in _UTF8_ATOM_TAGS else _LATIN1_ATOMS
+    meaning = cache.get(name, _UNCACHED)
+    if meaning is not _UNCACHED:
+        return cast(str | bool | None, meaning)
+    if name in _SPECIAL_ATOMS:
+        meaning = _SPECIAL_ATOMS[name]
+    elif cache is _UTF8_ATOMS:
+        try:
+            meaning = sys.intern(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise MessageRejected("undecodable", "an atom that is not UTF-8") from None
     else:
-        raise MessageRejected("unsafe_term", "atom cache references are not plain data")
-    return None if text == "nil" else text  # Elixir's nil (erlang-py already maps undefined)
+        meaning = sys.intern(name.decode("latin-1"))
+    if len(cache) < _ATOM_CACHE_SIZE:  # bounded: atoms are whatever a sender makes up
+        cache[name] = meaning
+    return meaning
 
 
-def _key(term: Any, depth: int) -> str:
-    value = _plain(term, depth)
-    if isinstance(value, str):
-        return value
+def _json_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
@@ -276,8 +351,9 @@ def _message(document: Any, wire_format: WireFormat) -> DecodedMessage:
         workload = []
     elif not isinstance(workload, list):
         workload = [workload]
+    workload, text = _capped(workload)
     return DecodedMessage(
-        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, _capped(workload))
+        STATUS_EVENT, wire_format, Heartbeat(hostname, module_type, status, workload, text)
     )
 
 
@@ -287,17 +363,27 @@ def _name_or_default(document: dict[str, Any], field: str, default: str, reason:
         return default
     if not (isinstance(value, str) and _NAME.fullmatch(value)):
         raise MessageRejected(reason, f"unusable {field} {_excerpt(value)}")
-    return value
+    # One string per distinct name (as ETF atoms already are), not one per worker.
+    if len(_NAMES) < _ATOM_CACHE_SIZE:
+        return _NAMES.setdefault(value, value)
+    return _NAMES.get(value, value)
 
 
-def _capped(workload: list[Any]) -> list[Any]:
-    """The leading workload entries whose JSON fits in ``MAX_WORKLOAD_BYTES``."""
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _capped(workload: list[Any]) -> tuple[list[Any], str]:
+    """The leading workload entries whose JSON fits in ``MAX_WORKLOAD_BYTES``, and that JSON."""
+    # The usual case in one encoding: the per-entry count below is this size plus one.
+    text = _COMPACT_JSON.encode(workload)
+    if len(text.encode()) < MAX_WORKLOAD_BYTES:
+        return workload, text
     size = 2  # the brackets
     for index, item in enumerate(workload):
-        size += len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()) + 1
+        size += len(_COMPACT_JSON.encode(item).encode()) + 1
         if size > MAX_WORKLOAD_BYTES:
-            return workload[:index]
-    return workload
+            return workload[:index], _COMPACT_JSON.encode(workload[:index])
+    return workload, text
 
 
 def _excerpt(value: Any) -> str:

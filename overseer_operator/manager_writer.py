@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import weakref
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from overseer_operator import metrics
+from overseer_operator import defaults, metrics
 from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import (
     ManagerClient,
@@ -56,8 +59,10 @@ _OPERATION_FOR_STATE = {
 @dataclass(slots=True)
 class _Owed:
     module_type: str
-    workload: list[Any]
-    operations: deque[tuple[int, Operation]] = field(default_factory=deque)
+    workload: list[Any] | str  # compact JSON text while owed: a fleet registering at once
+    # At most three (refresh, inactive, delete): a list, not a deque (a deque is 0.6 KiB empty,
+    # and a mass registration owes one per worker).
+    operations: list[tuple[int, Operation]] = field(default_factory=list)
     queued: bool = False  # in the writer's FIFO of workers with work
     in_flight: bool = False
 
@@ -111,10 +116,10 @@ class ManagerWriter:
         owed = self._owed.get(transition.hostname)
         if owed is None:
             owed = self._owed[transition.hostname] = _Owed(
-                transition.module_type, transition.workload
+                transition.module_type, _compact(transition.workload)
             )
         owed.module_type = transition.module_type
-        owed.workload = transition.workload
+        owed.workload = _compact(transition.workload)
         operation = _OPERATION_FOR_STATE[transition.current]
         if operation is Operation.ACTIVE:
             self._pending -= len(owed.operations)
@@ -128,20 +133,30 @@ class ManagerWriter:
         """An active worker beat again: owe a refresh once ``refresh_interval`` has passed."""
         owed = self._owed.get(heartbeat.hostname)
         if owed is not None and owed.operations:
-            owed.workload = heartbeat.workload
+            owed.workload = _heartbeat_workload(heartbeat)
             return
         written_at = self._written_at.get(heartbeat.hostname)
         if written_at is not None and self._clock() - written_at < self.refresh_interval:
             return
         if owed is None:
-            owed = self._owed[heartbeat.hostname] = _Owed(heartbeat.module_type, heartbeat.workload)
+            owed = self._owed[heartbeat.hostname] = _Owed(
+                heartbeat.module_type, _heartbeat_workload(heartbeat)
+            )
         owed.operations.append((next(self._sequence), Operation.ACTIVE))
         self._pending += 1
         self._queue(heartbeat.hostname, owed)
 
     def mark_written(self, hostname: str) -> None:
         """The Manager already holds a current record (seen at start-up): no write owed yet."""
-        self._written_at[hostname] = self._clock()
+        self._record_write(hostname)
+
+    def _record_write(self, hostname: str) -> None:
+        """The Manager now holds a current record; its next refresh is due one interval on,
+        or, for a first write, after the worker's own fraction of it (see the module docs)."""
+        now = self._clock()
+        if hostname not in self._written_at:
+            now -= self.refresh_interval * (1.0 - refresh_phase(hostname))
+        self._written_at[hostname] = now
 
     def _queue(self, hostname: str, owed: _Owed) -> None:
         if not owed.queued and not owed.in_flight:
@@ -177,7 +192,8 @@ class ManagerWriter:
     async def _write(self, hostname: str, owed: _Owed) -> None:
         sequence, operation = owed.operations[0]
         try:
-            await self._call(hostname, owed, operation)
+            async with write_slots():  # operator-wide; never held across a backoff wait
+                await self._call(hostname, owed, operation)
         except ManagerRejected as error:
             if error.status == 404 and operation is not Operation.DELETE:
                 await self._failed(operation, Reason.MANAGER_UNREACHABLE, str(error))
@@ -196,10 +212,10 @@ class ManagerWriter:
             if operation is Operation.DELETE:
                 self._written_at.pop(hostname, None)
             else:
-                self._written_at[hostname] = self._clock()
+                self._record_write(hostname)
         # A newer transition may have replaced the queue while the call was in flight.
         if owed.operations and owed.operations[0][0] == sequence:
-            owed.operations.popleft()
+            del owed.operations[0]
             self._pending -= 1
         self._backoff.reset()
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
@@ -214,7 +230,11 @@ class ManagerWriter:
             await self._client.delete_module(self._exchange_id, hostname)
         else:
             await self._client.upsert_module(
-                self._exchange_id, hostname, owed.module_type, operation.value, owed.workload
+                self._exchange_id,
+                hostname,
+                owed.module_type,
+                operation.value,
+                json.loads(owed.workload) if isinstance(owed.workload, str) else owed.workload,
             )
 
     def _outcome(self, operation: Operation, outcome: str) -> None:
@@ -226,3 +246,31 @@ class ManagerWriter:
             Verdict(False, reason, f"{self._pending} Manager writes pending: {message}")
         )
         await self._backoff.wait()
+
+
+_write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def write_slots() -> asyncio.Semaphore:
+    """The operator-wide bound on Manager writes in flight, whatever the number of exchanges."""
+    loop = asyncio.get_running_loop()
+    slots = _write_slots.get(loop)
+    if slots is None:
+        slots = _write_slots[loop] = asyncio.Semaphore(defaults.MANAGER_WRITE_CONCURRENCY)
+    return slots
+
+
+def _compact(workload: list[Any]) -> str:
+    return json.dumps(workload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _heartbeat_workload(heartbeat: Heartbeat) -> list[Any] | str:
+    return heartbeat.workload if heartbeat.workload_json is None else heartbeat.workload_json
+
+
+def refresh_phase(hostname: str) -> float:
+    """A fixed fraction in (0, 1] per worker, evenly spread over a fleet (from a CRC of its name,
+    so it is the same after a restart)."""
+    return ((zlib.crc32(hostname.encode()) & 0xFFFF) + 1) / 0x10000

@@ -7,6 +7,8 @@ operator watching many exchanges stays readable. Names follow the Prometheus con
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -94,6 +96,32 @@ TASK_CRASHES = Counter(
     [*_EXCHANGE, "task"],
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG = Histogram(
+    "overseer_event_loop_lag_seconds",
+    "How late the event loop ran a tick scheduled every 50 ms (a stall delays every exchange).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG_MAX = Gauge(
+    "overseer_event_loop_lag_max_seconds",
+    "The largest event-loop lag seen since the operator started.",
+    registry=REGISTRY,
+)
+LOOP_TICK = 0.05
+
+
+async def watch_event_loop() -> None:
+    """Measure, until cancelled, how late the loop wakes a task that sleeps ``LOOP_TICK``."""
+    loop = asyncio.get_running_loop()
+    largest = 0.0
+    while True:
+        expected = loop.time() + LOOP_TICK
+        await asyncio.sleep(LOOP_TICK)
+        lag = max(0.0, loop.time() - expected)
+        EVENT_LOOP_LAG.observe(lag)
+        if lag > largest:
+            largest = lag
+            EVENT_LOOP_LAG_MAX.set(lag)
 
 
 def start_exchange(namespace: str, name: str) -> None:

@@ -40,6 +40,7 @@ from overseer_operator.model import (
     Verdict,
 )
 from overseer_operator.oauth import TokenCache
+from overseer_operator.ratelimit import RateLimiter
 from overseer_operator.readiness import MonitorView, derive_conditions
 from overseer_operator.session import Session
 from overseer_operator.status import MODULES_LIMIT, StatusWriter, render_status
@@ -67,6 +68,7 @@ class ExchangeMonitor:
         environment: OperatorEnvironment,
         kube: KubeApi,
         token_cache: TokenCache | None = None,
+        event_budget: RateLimiter | None = None,
         *,
         seed_status: Mapping[str, Any] | None = None,
         epoch: str | None = None,
@@ -93,6 +95,7 @@ class ExchangeMonitor:
         self.events = EventRecorder(
             kube,
             {"namespace": self.namespace, "name": self.name, "uid": body["metadata"].get("uid")},
+            budget=event_budget,
         )
         self.writer = ManagerWriter(
             str((body.get("spec") or {}).get("exchangeId", "")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -36,6 +37,24 @@ logger = logging.getLogger(__name__)
 # its first heartbeat, a row someone else wrote) expire by the same rules as everything else, as
 # the legacy sweeper made them.
 MANAGER_RECONCILE_INTERVAL = 300.0
+
+_startup_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def startup_slots() -> asyncio.Semaphore:
+    """The operator-wide bound on connection attempts in flight (one per event loop).
+
+    Many exchanges start, or resume after an outage, together: each Manager read and each
+    broker connection takes a slot for one attempt (never across a backoff wait), so neither the
+    Manager nor the broker sees them all at once, and each is quick, so the last waits seconds.
+    """
+    loop = asyncio.get_running_loop()
+    slots = _startup_slots.get(loop)
+    if slots is None:
+        slots = _startup_slots[loop] = asyncio.Semaphore(defaults.STARTUP_CONCURRENCY)
+    return slots
 
 
 class SessionOwner(Protocol):
@@ -126,6 +145,7 @@ class Session:
             self._owner.on_queue_reading,
             ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
             connection_name=f"overseer-operator {self._labels[0]}/{self._labels[1]}",
+            connect_slots=startup_slots(),
         )
 
     async def _publish_own_heartbeat(self, consumer: HeartbeatConsumer) -> None:
@@ -147,7 +167,8 @@ class Session:
 
     async def _list_modules_once(self) -> bool:
         try:
-            rows = await self.client.list_modules(self.spec.exchange_id)
+            async with startup_slots():
+                rows = await self.client.list_modules(self.spec.exchange_id)
         except ManagerError:
             return False  # reported by the reconciliation, which retries
         self._owner.on_manager_rows(rows)
@@ -173,7 +194,8 @@ class Session:
         backoff = Backoff(2.0)
         while True:
             try:
-                result = await call()
+                async with startup_slots():
+                    result = await call()
             except ManagerUnauthorized as error:
                 self._owner.on_manager_read(
                     Verdict(False, Reason.MANAGER_UNAUTHORIZED, f"cannot {what}: {error}")

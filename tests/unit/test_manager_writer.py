@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -151,3 +152,31 @@ async def test_a_record_the_manager_refuses_is_dropped_not_retried_forever(
     writer.apply(transition("w2", None, WorkerState.ACTIVE))
     await settled(writer)
     assert [row["hostname"] for row in manager_emulator.modules(EXCHANGE_ID)] in (["w1"], ["w2"])
+
+
+async def test_refreshes_after_a_mass_registration_are_spread_evenly(
+    writer, manager_emulator, clock
+):
+    """No thundering herd: 200 workers registered at once are refreshed over one interval, about
+    as many in each tenth of it, and no worker more than once per interval after its first."""
+    hostnames = [f"w{index}" for index in range(200)]
+    for hostname in hostnames:
+        writer.apply(transition(hostname, None, WorkerState.ACTIVE))
+    await settled(writer)
+    manager_emulator.clear_requests()
+    refreshed_at: dict[str, list[float]] = {hostname: [] for hostname in hostnames}
+    start = clock.now
+    for _ in range(60):  # two intervals of heartbeats every 10 s
+        clock.now += 10
+        before = len(writes(manager_emulator))
+        for hostname in hostnames:
+            writer.observe_heartbeat(Heartbeat(hostname, "builder", "active", []))
+        await settled(writer)
+        for _, hostname, _ in writes(manager_emulator)[before:]:
+            refreshed_at[hostname].append(clock.now - start)
+    first = [times[0] for times in refreshed_at.values()]
+    per_tenth = [sum(1 for at in first if 30 * k < at <= 30 * (k + 1)) for k in range(10)]
+    assert min(per_tenth) >= 5 and max(per_tenth) <= 35, per_tenth  # 20 each if perfectly even
+    for times in refreshed_at.values():
+        assert all(later - earlier >= 300 for earlier, later in itertools.pairwise(times))
+        assert len(times) == 2  # the first, then one interval later

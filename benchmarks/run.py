@@ -1,0 +1,891 @@
+"""The whole performance table of issue 9, each figure beside its baseline from the same run.
+
+Runs against the local test bed (``scripts/testbed up``): the operator as a process (RSS read from
+/proc), the real broker, the Manager emulator in this process, the load generator
+(``benchmarks.loadgen``) and the bare aio-pika consumer (``benchmarks.bare``) as processes. By
+default the broker and the load generator are pinned to CPU 0 and the consumer under test (the
+operator or the bare client) to CPU 1, so they do not share a core (the broker's affinity is put
+back at the end).
+
+    python -m benchmarks.run            # the full table (about 20 minutes)
+    python -m benchmarks.run --quick    # every row at a tiny scale: a smoke check (CI), no figures
+
+Rows (goals from the issue; every ratio against a baseline measured in the same run):
+
+1. ingest: N queued heartbeats (half ETF, half JSON) drained by the operator vs by the bare client.
+2. capacity: the rate each consumer sustains while the load generator publishes flat out; the
+   largest fleet at a 30 s heartbeat each can carry; the load generator's own ceiling.
+3. steady fleet: E exchanges x W workers through the broker for a window: backlog growth, false
+   transitions, RSS beyond the idle operator; Kubernetes writes per exchange per minute; Manager
+   writes vs the legacy one-per-heartbeat rate, and how evenly the refreshes are spread.
+4. restart with that fleet: time until every queue is consumed again; false flips after it.
+5. mass silence: S workers stop at once: detection lag (Manager and status, p99 after the
+   threshold) and the largest event-loop lag during the transition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import kubernetes
+
+from devtools.manager_emulator import ManagerEmulator
+from tests.fixtures.operator import free_port
+from tests.fixtures.testbed import parse_env
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENT_ID, CLIENT_SECRET = "bench", "bench-secret"
+
+
+@dataclass(frozen=True)
+class Scale:
+    ingest_messages: int = 20_000
+    ingest_hosts: int = 2_000
+    capacity_seconds: float = 15.0
+    exchanges: int = 100
+    workers_per_exchange: int = 1_000
+    interval: float = 30.0
+    window: float = 600.0
+    refresh: str = "5m"
+    thresholds: tuple[str, str] = ("10m", "20m")
+    restart_watch: float = 60.0
+    silent_exchanges: int = 10
+    silent_workers: int = 10_000
+    silent_interval: float = 30.0
+    silent_thresholds: tuple[str, str] = ("60s", "120s")
+
+
+QUICK = Scale(
+    ingest_messages=1_000,
+    ingest_hosts=100,
+    capacity_seconds=1.0,
+    exchanges=2,
+    workers_per_exchange=20,
+    interval=1.0,
+    window=3.0,
+    refresh="10s",
+    thresholds=("10s", "20s"),
+    restart_watch=2.0,
+    silent_exchanges=2,
+    silent_workers=40,
+    silent_interval=0.5,
+    silent_thresholds=("2s", "4s"),
+)
+
+
+def seconds(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
+
+
+# --- the test bed --------------------------------------------------------------------------
+
+
+@dataclass
+class Exchanges:
+    """E exchanges known to the Manager, provisioned on the broker, as MessagingExchanges."""
+
+    namespace: str
+    root: str
+    queues: list[str]
+    keys: list[str]
+    ids: list[str]
+    names: list[str]
+
+
+@dataclass
+class Bed:
+    env: dict[str, str]
+    pin: bool
+    manager: ManagerEmulator
+    log_dir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    next_id: int = 1000
+
+    @property
+    def amqp_url(self) -> str:
+        return self.env["AMQP_URL"]
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return subprocess.run(
+            [str(Path(self.env["TESTBED_BIN_DIR"]) / "kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **self.env},
+        ).stdout
+
+    def spawn(self, name: str, args: list[str], cpu: int | None, **env: str) -> subprocess.Popen:
+        prefix = ["taskset", "-c", str(cpu)] if self.pin and cpu is not None else []
+        log = open(self.log_dir / f"{name}-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [*prefix, sys.executable, *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE if name == "loadgen" else log,
+            stderr=log,
+            env={**os.environ, **self.env, "PYTHONPATH": str(REPO), **env},
+        )
+        self.processes.append(process)
+        return process
+
+    def provision(self, count: int, namespace: str | None = None, prefix: str = "x") -> Exchanges:
+        """``count`` exchanges in the Manager and on the broker, in a new namespace or this one."""
+        tag = secrets.token_hex(3)
+        root = f"bench-{tag}"
+        root_id = str(self.next_id)
+        self.manager.add_exchange(root_id, root, "bench")
+        queues, keys, ids = [], [], []
+        for index in range(count):
+            exchange_id = str(self.next_id + 1 + index)
+            self.manager.add_exchange(exchange_id, f"{root}:x{index}", f"x{index}", root_id)
+            queues.append(f"{root}:x{index}.system_modules")
+            keys.append(f"bench.x{index}.system_modules")
+            ids.append(exchange_id)
+        self.next_id += count + 1
+        asyncio.run(declare(self.amqp_url, root, queues, keys))
+        if namespace is None:
+            namespace = root
+            self.kubectl("create", "namespace", namespace)
+            self.namespaces.append(namespace)
+        names = [f"{prefix}{index}" for index in range(count)]
+        return Exchanges(namespace, root, queues, keys, ids, names)
+
+    def apply(self, exchanges: Exchanges, refresh: str, thresholds: tuple[str, str]) -> None:
+        items = [
+            {
+                "apiVersion": "openaperture.io/v1alpha1",
+                "kind": "MessagingExchange",
+                "metadata": {"name": exchanges.names[index], "namespace": exchanges.namespace},
+                "spec": {
+                    "exchangeId": exchange_id,
+                    "brokerId": "1",
+                    "queues": {"systemModules": exchanges.queues[index]},
+                    "manager": {"refreshInterval": refresh},
+                    "thresholds": {"inactiveAfter": thresholds[0], "offlineAfter": thresholds[1]},
+                },
+            }
+            for index, exchange_id in enumerate(exchanges.ids)
+        ]
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+
+    def operator(self, namespace: str) -> Operator:
+        metrics_port, liveness_port = free_port(), free_port()
+        process = self.spawn(
+            "operator",
+            [
+                "-m",
+                "overseer_operator",
+                "run",
+                "-n",
+                namespace,
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness-port",
+                str(liveness_port),
+            ],
+            cpu=1,
+            MANAGER_URL=self.manager.url,
+            OAUTH_LOGIN_URL=self.manager.login_url,
+            OAUTH_CLIENT_ID=CLIENT_ID,
+            OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+            POD_NAME=f"overseer-{namespace}",
+            LOG_LEVEL="WARNING",
+        )
+        operator = Operator(process, metrics_port, time.monotonic())
+        wait_until(lambda: operator.metrics() is not None, 90, "the operator's metrics endpoint")
+        return operator
+
+    def loadgen(self, exchanges: Exchanges, workers: int, *extra: str, prefix: str = "w") -> Any:
+        args = ["-m", "benchmarks.loadgen", "--amqp-url", self.amqp_url]
+        args += [
+            "--exchange",
+            exchanges.root,
+            "--workers-per-key",
+            str(workers),
+            "--prefix",
+            prefix,
+        ]
+        for key in exchanges.keys:
+            args += ["--routing-key", key]
+        return self.spawn("loadgen", [*args, *extra], cpu=0)
+
+    def bare(self, queues: list[str]) -> tuple[subprocess.Popen, Path]:
+        count_file = self.log_dir / f"bare-{len(self.processes)}.count"
+        args = [
+            "-m",
+            "benchmarks.bare",
+            "--amqp-url",
+            self.amqp_url,
+            "--count-file",
+            str(count_file),
+        ]
+        for queue in queues:
+            args += ["--queue", queue]
+        return self.spawn("bare", args, cpu=1), count_file
+
+    def close(self) -> None:
+        for process in self.processes:
+            stop(process)
+        for namespace in self.namespaces:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    started: float
+
+    def metrics(self) -> str | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_sum(self.metrics() or "", name, **labels)
+
+    def rss(self) -> int:
+        """Resident memory of the operator process (not of the taskset wrapper: it execs)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
+            f'{key}="{value}"' in line for key, value in labels.items()
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+async def declare(amqp_url: str, root: str, queues: list[str], keys: list[str]) -> None:
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(root, aio_pika.ExchangeType.TOPIC, durable=True)
+        for queue, key in zip(queues, keys, strict=True):
+            declared = await channel.declare_queue(queue, durable=True)
+            await declared.bind(exchange, key)
+
+
+async def _depths(amqp_url: str, queues: list[str]) -> list[tuple[int, int]]:
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        result = []
+        for queue in queues:
+            declared = await channel.declare_queue(queue, passive=True)
+            reading = declared.declaration_result
+            result.append((reading.message_count or 0, reading.consumer_count or 0))
+        return result
+
+
+def depths(bed: Bed, queues: list[str]) -> list[tuple[int, int]]:
+    """(messages, consumers) of each queue, as the broker says now."""
+    return asyncio.run(_depths(bed.amqp_url, queues))
+
+
+async def _purge(amqp_url: str, queues: list[str]) -> None:
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await (await channel.declare_queue(queue, passive=True)).purge()
+
+
+def loadgen_result(process: subprocess.Popen, *, finish: bool = False) -> dict[str, Any]:
+    """What the load generator printed: after it finished (a burst), or once stopped."""
+    if process.poll() is None and not finish:
+        process.send_signal(signal.SIGTERM)
+    # communicate(): its report (10,000 last-heartbeat times) is larger than a pipe's buffer.
+    output, _ = process.communicate(timeout=600)
+    return json.loads(output.decode().strip().splitlines()[-1])
+
+
+def timed_rate(read: Callable[[], float], total: float, timeout: float) -> float:
+    """Messages per second between 10 % and 90 % of ``total`` consumed (start-up excluded)."""
+    low = high = None
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        count, now = read(), time.monotonic()
+        if low is None and count >= 0.1 * total:
+            low = (now, count)
+        if count >= 0.9 * total:
+            high = (now, count)
+            break
+        time.sleep(0.05)
+    if high is None:
+        raise RuntimeError(f"the consumer did not drain the queue in {timeout:.0f} s")
+    if low is None or high[0] <= low[0]:  # all read between two polls (a tiny queue)
+        low = (started, 0.0)
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
+def window_rate(read: Callable[[], float], duration: float) -> float:
+    time.sleep(1.0)  # the load generator gets going
+    first, started = read(), time.monotonic()
+    time.sleep(duration)
+    return (read() - first) / (time.monotonic() - started)
+
+
+def read_count(path: Path) -> float:
+    try:
+        return float(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0.0
+
+
+# --- the rows ------------------------------------------------------------------------------
+
+
+def ingest_and_capacity(bed: Bed, scale: Scale, rows: list[Row]) -> float:
+    """Rows 1 and 2; returns the operator's sustained rate (for sizing the steady fleet)."""
+    exchanges = bed.provision(1)
+    queue = exchanges.queues[0]
+    burst = str(int(scale.capacity_seconds * 9000) + 1000)
+
+    def prefill() -> dict[str, Any]:
+        asyncio.run(_purge(bed.amqp_url, [queue]))
+        load = bed.loadgen(exchanges, scale.ingest_hosts, "--burst", str(scale.ingest_messages))
+        return loadgen_result(load, finish=True)
+
+    # The bare client: drain, then consume while the load generator publishes flat out.
+    ceiling = prefill()
+    bare, count_file = bed.bare([queue])
+    bare_rate = timed_rate(lambda: read_count(count_file), scale.ingest_messages, 600)
+    wait_until(lambda: read_count(count_file) >= scale.ingest_messages, 120, "the bare drain")
+    load = bed.loadgen(exchanges, scale.ingest_hosts, "--burst", burst)
+    bare_capacity = window_rate(lambda: read_count(count_file), scale.capacity_seconds)
+    loadgen_result(load)
+    stop(bare)
+
+    # The operator, restarted with the same backlog waiting: as after a real restart, the hosts
+    # are known (one round was read and registered by a first run), so the drain is heartbeats,
+    # not 2,000 first registrations.
+    asyncio.run(_purge(bed.amqp_url, [queue]))
+    bed.apply(exchanges, scale.refresh, scale.thresholds)
+    first = bed.operator(exchanges.namespace)
+    bed.loadgen(exchanges, scale.ingest_hosts, "--burst", str(scale.ingest_hosts)).wait(120)
+    ids = {exchanges.ids[0]}
+    wait_until(
+        lambda: bed.manager.module_count(ids) > scale.ingest_hosts, 120, "the hosts registered"
+    )
+    stop(first.process)
+    prefill()
+    operator = bed.operator(exchanges.namespace)
+
+    def received() -> float:
+        return operator.metric("overseer_heartbeats_received_total")
+
+    operator_rate = timed_rate(received, scale.ingest_messages, 600)
+    wait_until(lambda: received() >= scale.ingest_messages, 120, "the operator's drain")
+    load = bed.loadgen(exchanges, scale.ingest_hosts, "--burst", burst)
+    operator_capacity = window_rate(received, scale.capacity_seconds)
+    loadgen_result(load)
+    held = operator.metric("overseer_verdicts_held")
+    stop(operator.process)
+    asyncio.run(_purge(bed.amqp_url, [queue]))
+
+    rows.append(
+        Row(
+            "ingest: queued heartbeats drained (msg/s)",
+            operator_rate,
+            bare_rate,
+            ">= 0.8x the bare rate",
+            operator_rate >= 0.8 * bare_rate,
+            f"{scale.ingest_messages} queued, {scale.ingest_hosts} hosts (known: the operator "
+            "restarts behind the backlog), half ETF half JSON; rate between 10 % and 90 % drained",
+        )
+    )
+    rows.append(
+        Row(
+            "capacity while publishing flat out (msg/s)",
+            operator_capacity,
+            bare_capacity,
+            "carry 3,333/s (100,000 workers at 30 s)",
+            operator_capacity >= 3333,
+            f"largest fleet at 30 s: operator {operator_capacity * 30:,.0f}, bare "
+            f"{bare_capacity * 30:,.0f} workers; load generator ceiling "
+            f"{ceiling['rate']:,.0f} msg/s publishing alone; verdicts held during the "
+            f"overload: {held:.0f} (1 = held)",
+        )
+    )
+    return operator_capacity
+
+
+def steady_fleet_and_restart(
+    bed: Bed, scale: Scale, rows: list[Row], capacity: float
+) -> tuple[Operator, Exchanges]:
+    """Rows 3 to 7; returns the restarted operator, still running, and its exchanges."""
+    exchanges_count, per_exchange = scale.exchanges, scale.workers_per_exchange
+    wanted = exchanges_count * per_exchange / scale.interval
+    if capacity and wanted > 0.8 * capacity:  # the largest fleet this machine carries
+        per_exchange = max(1, int(0.8 * capacity * scale.interval / exchanges_count))
+    workers = exchanges_count * per_exchange
+    exchanges = bed.provision(exchanges_count)
+    bed.apply(exchanges, scale.refresh, scale.thresholds)
+    operator = bed.operator(exchanges.namespace)
+    consumed_at = wait_until(
+        lambda: (
+            all(consumers for _, consumers in depths(bed, exchanges.queues)) and time.monotonic()
+        ),
+        120,
+        "every queue consumed",
+        interval=0.5,
+    )
+    time.sleep(min(3.0, scale.interval))
+    idle_rss = operator.rss()
+    # Run long enough for registration, the window and the restart.
+    duration = 3 * scale.interval + 60 + scale.window + scale.restart_watch + 60
+    load = bed.loadgen(exchanges, per_exchange, "--interval", str(scale.interval),
+                       "--duration", str(duration))  # fmt: skip
+
+    ids = set(exchanges.ids)
+    wait_until(
+        lambda: bed.manager.module_count(ids) >= workers + exchanges_count,  # + the operator
+        3 * scale.interval + 300 + workers / 50,
+        "the fleet registered",
+        interval=1.0,
+    )
+    time.sleep(scale.interval)  # one full round after the last registration
+    text = operator.metrics() or ""
+    before = snapshot(bed, operator, exchanges, text)
+    peak_backlog = 0
+    samples = max(1, int(scale.window / 5))
+    for _ in range(samples):
+        time.sleep(scale.window / samples)
+        peak_backlog = max(peak_backlog, sum(m for m, _ in depths(bed, exchanges.queues)))
+    after = snapshot(bed, operator, exchanges, operator.metrics() or "")
+    rss = operator.rss()
+    minutes = (after["time"] - before["time"]) / 60
+    heartbeats = (after["heartbeats"] - before["heartbeats"]) / minutes
+    manager_writes = [
+        request.time
+        for exchange_id in exchanges.ids
+        for request in bed.manager.module_writes(exchange_id)
+        if before["time"] <= request.time <= after["time"]
+    ]
+    manager_rate = len(manager_writes) / minutes
+    false_transitions = after["left_active"] - before["left_active"]
+    growth = after["backlog"] - before["backlog"]
+    kube = (after["kube"] - before["kube"]) / minutes / exchanges_count
+    buckets = [0] * 10
+    for moment in manager_writes:
+        index = int((moment - before["time"]) / (after["time"] - before["time"]) * 10)
+        buckets[min(index, 9)] += 1
+    spread = max(buckets) / (sum(buckets) / 10) if sum(buckets) else float("nan")
+    per_worker = (rss - idle_rss) / workers
+    fleet = f"{exchanges_count} x {per_exchange} workers at {scale.interval:g} s"
+    rows.append(
+        Row(
+            "steady fleet: backlog growth (messages)",
+            growth,
+            None,
+            "zero growth, zero false transitions",
+            growth <= 0.01 * workers and false_transitions == 0 and after["held"] == 0,
+            f"{fleet} ({workers / scale.interval:,.0f} msg/s; received {heartbeats / 60:,.0f}/s) "
+            f"over {minutes:.1f} min: peak backlog {peak_backlog}, false transitions "
+            f"{false_transitions:.0f}, exchanges holding verdicts at the end {after['held']:.0f}",
+        )
+    )
+    rows.append(
+        Row(
+            "steady fleet: RSS (MiB) / beyond idle per worker (B)",
+            rss / 2**20,
+            idle_rss / 2**20,
+            "<= 200 MiB; <= 1 KiB per worker",
+            rss <= 200 * 2**20 * workers / 100_000 + idle_rss and per_worker <= 1024,
+            f"baseline = the idle operator with the {exchanges_count} exchanges, before any "
+            f"heartbeat; {per_worker:,.0f} B per worker beyond it",
+        )
+    )
+    rows.append(
+        Row(
+            "Kubernetes writes per exchange per minute",
+            kube,
+            None,
+            "<= 1",
+            kube <= 1.0,
+            "status patches and Events during the window",
+        )
+    )
+    rows.append(
+        Row(
+            "Manager writes per minute",
+            manager_rate,
+            heartbeats,
+            "<= 1/10 of the legacy rate; spread evenly",
+            manager_rate <= heartbeats / 10 and (math.isnan(spread) or spread <= 2.0),
+            f"baseline = legacy, one POST per heartbeat; refreshInterval {scale.refresh}; "
+            f"busiest tenth of the window / mean tenth = {spread:.2f} (1 = perfectly even)",
+        )
+    )
+
+    # Restart: a new operator process while the fleet keeps beating.
+    stop(operator.process)
+    flips_before = sum(
+        1
+        for exchange_id in exchanges.ids
+        for request in bed.manager.module_writes(exchange_id)
+        if request.method == "DELETE" or (request.body or {}).get("status") == "inactive"
+    )
+    restarted = bed.operator(exchanges.namespace)
+    started = restarted.started
+    consumed = wait_until(
+        lambda: (
+            all(consumers for _, consumers in depths(bed, exchanges.queues)) and time.monotonic()
+        ),
+        120,
+        "every queue consumed after the restart",
+        interval=0.2,
+    )
+    time.sleep(scale.restart_watch)
+    flips = (
+        sum(
+            1
+            for exchange_id in exchanges.ids
+            for request in bed.manager.module_writes(exchange_id)
+            if request.method == "DELETE" or (request.body or {}).get("status") == "inactive"
+        )
+        - flips_before
+    )
+    flips += restarted.metric("overseer_worker_transitions_total", state="inactive")
+    flips += restarted.metric("overseer_worker_transitions_total", state="offline")
+    first_start = consumed_at - operator.started
+    rows.append(
+        Row(
+            "restart: every queue consumed again (s)",
+            consumed - started,
+            first_start,
+            "<= 10 s; zero false flips in the minute after",
+            consumed - started <= 10 and flips == 0,
+            f"{exchanges_count} exchanges, {workers:,} known workers; baseline = the first "
+            f"start (no workers known); false flips in {scale.restart_watch:g} s after: "
+            f"{flips:.0f}",
+        )
+    )
+    loadgen_result(load)
+    return restarted, exchanges
+
+
+def snapshot(bed: Bed, operator: Operator, exchanges: Exchanges, text: str) -> dict[str, float]:
+    return {
+        "time": time.monotonic(),
+        "heartbeats": metric_sum(text, "overseer_heartbeats_received_total"),
+        "left_active": metric_sum(text, "overseer_worker_transitions_total", state="inactive")
+        + metric_sum(text, "overseer_worker_transitions_total", state="offline"),
+        "kube": metric_sum(text, "overseer_kubernetes_writes_total"),
+        "held": metric_sum(text, "overseer_verdicts_held"),
+        "backlog": sum(m for m, _ in depths(bed, exchanges.queues)),
+    }
+
+
+def mass_silence(
+    bed: Bed, scale: Scale, rows: list[Row], operator: Operator, namespace: str
+) -> None:
+    """Rows 8 to 10, on the running operator (its steady fleet, stopped, is still known)."""
+    count = scale.silent_exchanges
+    per_exchange = scale.silent_workers // count
+    workers = per_exchange * count
+    inactive_after = seconds(scale.silent_thresholds[0])
+    exchanges = bed.provision(count, namespace, prefix="silent")
+    bed.apply(exchanges, "5m", scale.silent_thresholds)
+    load = bed.loadgen(exchanges, per_exchange, "--interval", str(scale.silent_interval),
+                       "--report-last", prefix="s")  # fmt: skip
+    ids = set(exchanges.ids)
+    wait_until(
+        lambda: bed.manager.module_count(ids) >= workers + count,  # + the operator
+        3 * scale.silent_interval + 300 + workers / 50,
+        "the silent fleet registered",
+        interval=1.0,
+    )
+    time.sleep(scale.silent_interval)
+    lag_buckets_before = lag_histogram(operator.metrics() or "")
+    stall_max_before = operator.metric("overseer_event_loop_lag_max_seconds")
+    last = loadgen_result(load)["last"]  # every worker falls silent now
+    silenced = time.monotonic()
+    due = sorted(moment + inactive_after for moment in last.values())
+    status_times: list[tuple[float, int]] = []
+    # The status as the apiserver serves it, read directly (a kubectl call takes longer).
+    custom = kubernetes.client.CustomObjectsApi(
+        kubernetes.config.new_client_from_config(bed.env["KUBECONFIG"])
+    )
+    deadline = silenced + inactive_after + 60
+    while time.monotonic() < deadline:
+        listed = custom.list_namespaced_custom_object(
+            "openaperture.io", "v1alpha1", exchanges.namespace, "messagingexchanges"
+        )
+        inactive = sum(
+            (item.get("status") or {}).get("workers", {}).get("inactive", 0)
+            for item in listed["items"]
+            if item["metadata"]["name"] in exchanges.names
+        )
+        status_times.append((time.monotonic(), inactive))
+        if inactive >= workers:
+            break
+        time.sleep(0.05)
+    manager_lags = []
+    for exchange_id in exchanges.ids:
+        for request in bed.manager.module_writes(exchange_id):
+            body = request.body or {}
+            if request.time > silenced and body.get("status") == "inactive":
+                hostname = body.get("hostname")
+                if hostname in last:
+                    manager_lags.append(request.time - (last[hostname] + inactive_after))
+    manager_lags.sort()
+    manager_p99 = percentile(manager_lags, 0.99) if len(manager_lags) >= workers else math.inf
+    target = math.ceil(0.99 * workers)
+    reached = next((moment for moment, inactive in status_times if inactive >= target), math.inf)
+    status_p99 = reached - due[target - 1]
+    lag_buckets_after = lag_histogram(operator.metrics() or "")
+    stall_max_after = operator.metric("overseer_event_loop_lag_max_seconds")
+    stall_bucket = next(
+        (
+            bound
+            for bound in sorted(lag_buckets_after)
+            if lag_buckets_after[bound] - lag_buckets_before.get(bound, 0)
+            == lag_buckets_after[math.inf] - lag_buckets_before.get(math.inf, 0)
+        ),
+        math.inf,
+    )
+    stall = stall_max_after if stall_max_after > stall_max_before else stall_bucket
+    rows.append(
+        Row(
+            "detection lag p99 after the threshold (s): Manager",
+            manager_p99,
+            None,
+            "<= 1 s",
+            manager_p99 <= 1.0,
+            f"{workers:,} workers on {count} exchanges silent at once; from each worker's last "
+            f"publish + inactiveAfter ({scale.silent_thresholds[0]}) to its POST inactive "
+            f"({len(manager_lags)} seen; max {max(manager_lags, default=math.inf):.2f} s)",
+        )
+    )
+    rows.append(
+        Row(
+            "detection lag p99 after the threshold (s): status",
+            status_p99,
+            None,
+            "<= 1 s",
+            status_p99 <= 1.0,
+            "time the status counts first showed 99 % inactive (read from the apiserver every "
+            "0.05 s) minus the 99th percentile threshold",
+        )
+    )
+    rows.append(
+        Row(
+            "event-loop lag during the mass transition (ms)",
+            stall * 1000,
+            None,
+            "<= 100 ms",
+            stall <= 0.1,
+            "overseer_event_loop_lag_max_seconds if it rose, else the histogram bucket that "
+            "holds every tick of the transition",
+        )
+    )
+    stop(operator.process)
+
+
+def lag_histogram(text: str) -> dict[float, float]:
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("overseer_event_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[math.inf if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, math.ceil(fraction * len(values)) - 1)]
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    baseline: float | None
+    goal: str
+    met: bool
+    how: str
+
+    def cells(self) -> list[str]:
+        ratio = (
+            f"{self.value / self.baseline:.2f}x"
+            if self.baseline not in (None, 0) and math.isfinite(self.value)
+            else "-"
+        )
+        baseline = "-" if self.baseline is None else f"{self.baseline:,.1f}"
+        return [
+            self.name,
+            f"{self.value:,.1f}",
+            baseline,
+            ratio,
+            self.goal,
+            "met" if self.met else "MISSED",
+            self.how,
+        ]
+
+
+def markdown(rows: list[Row], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| row | figure | baseline | ratio | goal | | how |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def beam_pid(env: dict[str, str]) -> int | None:
+    status = subprocess.run(
+        [str(REPO / "scripts" / "testbed"), "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    ).stdout
+    for line in status.splitlines():
+        words = line.split()
+        if words[:2] == ["beam", "running"] and "pid" in words:
+            return int(words[words.index("pid") + 1])
+    return None
+
+
+@contextlib.contextmanager
+def broker_pinned(env: dict[str, str], pin: bool) -> Iterator[str]:
+    """The broker on CPU 0 for the run; its affinity is put back afterwards."""
+    pid = beam_pid(env) if pin else None
+    if pid is None:
+        yield "not pinned"
+        return
+    before = (
+        subprocess.run(
+            ["taskset", "-p", "-c", str(pid)], capture_output=True, text=True, check=True
+        )
+        .stdout.rsplit(":", 1)[1]
+        .strip()
+    )
+    subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], capture_output=True, check=True)
+    try:
+        yield f"broker (beam {pid}) and load generator on CPU 0, consumer under test on CPU 1"
+    finally:
+        subprocess.run(["taskset", "-a", "-p", "-c", before, str(pid)], capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny scale: checks the runner")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--exchanges", type=int)
+    parser.add_argument("--workers-per-exchange", type=int)
+    parser.add_argument("--window", type=float, help="seconds of the steady-fleet window")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    options = parser.parse_args(argv)
+    scale = QUICK if options.quick else Scale()
+    overrides = {
+        "exchanges": options.exchanges,
+        "workers_per_exchange": options.workers_per_exchange,
+        "window": options.window,
+    }
+    scale = Scale(**{**scale.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    pin = not options.no_pin and (os.cpu_count() or 1) >= 2
+    printed = subprocess.run(
+        [str(REPO / "scripts" / "testbed"), "env"], capture_output=True, text=True, check=True
+    ).stdout
+    env = parse_env(printed)
+    env.pop("PATH", None)  # kubectl is called by its full path
+    subprocess.run(
+        [str(Path(env["TESTBED_BIN_DIR"]) / "kubectl"), "apply", "-f", str(REPO / "crds")],
+        check=True, env={**os.environ, **env}, capture_output=True,
+    )  # fmt: skip
+    manager = ManagerEmulator(clients={CLIENT_ID: CLIENT_SECRET})
+    broker = httpx.URL(env["AMQP_URL"])
+    manager.add_broker("1", "testbed")
+    manager.add_broker_connection("1", "guest", "guest", broker.host, broker.port, "/")
+    rows: list[Row] = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="overseer-bench-") as logs, manager:
+        bed = Bed(env, pin, manager, Path(logs))
+        try:
+            with broker_pinned(env, pin) as pinning:
+                capacity = ingest_and_capacity(bed, scale, rows)
+                operator, steady = steady_fleet_and_restart(
+                    bed, scale, rows, 0 if options.quick else capacity
+                )
+                mass_silence(bed, scale, rows, operator, steady.namespace)
+        except Exception:
+            for log in sorted(Path(logs).glob("*.log")):
+                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
+            print(markdown(rows, "rows measured before the failure:"), flush=True)
+            raise
+        finally:
+            bed.close()
+    load_after = os.getloadavg()
+    header = (
+        f"{'quick (smoke check: figures meaningless)' if options.quick else 'full'} run on "
+        f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}; "
+        f"{pinning}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
+    print(markdown(rows, header))
+    if options.json:
+        options.json.write_text(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
