@@ -45,9 +45,9 @@ from typing import Any
 
 import aio_pika
 import httpx
-import kubernetes
 
 from devtools.manager_emulator import ManagerEmulator
+from overseer_operator.kubeconfig import load_credentials
 from tests.fixtures.operator import free_port
 from tests.fixtures.testbed import parse_env
 
@@ -657,14 +657,11 @@ def mass_silence(
     due = sorted(moment + inactive_after for moment in last.values())
     status_times: list[tuple[float, int]] = []
     # The status as the apiserver serves it, read directly (a kubectl call takes longer).
-    custom = kubernetes.client.CustomObjectsApi(
-        kubernetes.config.new_client_from_config(bed.env["KUBECONFIG"])
-    )
+    apiserver = apiserver_client(bed.env["KUBECONFIG"])
+    path = f"/apis/openaperture.io/v1alpha1/namespaces/{exchanges.namespace}/messagingexchanges"
     deadline = silenced + inactive_after + 60
     while time.monotonic() < deadline:
-        listed = custom.list_namespaced_custom_object(
-            "openaperture.io", "v1alpha1", exchanges.namespace, "messagingexchanges"
-        )
+        listed = apiserver.get(path).raise_for_status().json()
         inactive = sum(
             (item.get("status") or {}).get("workers", {}).get("inactive", 0)
             for item in listed["items"]
@@ -734,6 +731,17 @@ def mass_silence(
         )
     )
     stop(operator.process)
+
+
+def apiserver_client(kubeconfig: str) -> httpx.Client:
+    """A plain client with the kubeconfig's credentials (the operator's own loader)."""
+    os.environ["KUBECONFIG"] = kubeconfig
+    credentials = load_credentials()
+    return httpx.Client(
+        base_url=credentials.server,
+        verify=credentials.as_ssl_context(),
+        headers=credentials.as_http_headers(),
+    )
 
 
 def lag_histogram(text: str) -> dict[float, float]:
