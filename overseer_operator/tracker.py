@@ -72,6 +72,7 @@ class FleetTracker:
         self.fleet.pause()  # nobody can be heard before the queue is consumed
         self.backlog = Backlog(clock)
         self.broker: BrokerStatus | None = None
+        self._ingest_shown: Verdict | None = None  # the CaughtUp verdict last made visible
         self.refresh_interval = defaults.REFRESH_INTERVAL
         # Evidence from another process's wall clock is a lower bound only after this is taken
         # off (a bound on the clock skew between replicas).
@@ -122,6 +123,7 @@ class FleetTracker:
             int(status.state is BrokerState.CONSUMING)
         )
         self._verdicts_may_have_changed()
+        self._changed()  # BrokerConnected and Ready follow the broker's state
 
     def on_queue_reading(self, reading: QueueReading) -> None:
         if reading.started:
@@ -140,7 +142,11 @@ class FleetTracker:
         elif not allowed:
             self.fleet.pause()
         self._wake.set()
-        self._changed()
+        # Only a changed CaughtUp is worth a status render: a reading every 5 s is not.
+        verdict = self.ingest_verdict()
+        if verdict != self._ingest_shown:
+            self._ingest_shown = verdict
+            self._changed()
 
     # --- the heartbeat path --------------------------------------------------------------
 

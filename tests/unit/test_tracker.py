@@ -481,3 +481,17 @@ def test_a_rejected_message_still_counts_towards_the_backlog(harness):
         harness.tracker.handle_message(b"garbage")
     harness.beat("w1")
     assert harness.tracker.verdicts_allowed
+
+
+def test_a_queue_reading_that_changes_no_condition_asks_for_no_status_render(harness):
+    """The broker is asked about the queue every 5 s; only a change of ``CaughtUp`` is worth a
+    status render (which walks the whole fleet)."""
+    harness.consume()
+    before = harness.changes
+    for waiting in (0, 3, 7, 2):
+        harness.clocks.advance(5)
+        harness.tracker.on_queue_reading(QueueReading(waiting, 1))
+    assert harness.changes == before
+    harness.clocks.advance(5)
+    harness.tracker.on_queue_reading(QueueReading(100_000, 1))  # falling behind: visible
+    assert harness.changes == before + 1
