@@ -8,7 +8,10 @@ waits for the Manager. Every operation has a sequence number, so a call that com
 newer transition replaced its queue never removes the newer operation.
 
 Cost: O(1) per transition and per call (a FIFO of workers with work, a running count of what is
-owed), so a mass transition of 100,000 workers does not stall the event loop.
+owed), so a mass transition of 100,000 workers does not stall the event loop. What is owed for a
+worker is a plain tuple of strings and ints (operations as strings, not enum members, which are
+tracked objects), replaced on every change: CPython stops tracking such tuples, so the full
+collections a mass transition triggers do not scan 100,000 owed records (see ``fleet``).
 
 The writer belongs to the monitor and outlives sessions: ``attach`` gives it the client of the
 current session; until then (and while the Manager is down) writes simply accumulate.
@@ -24,9 +27,7 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from overseer_operator import defaults, metrics
 from overseer_operator.backoff import Backoff
@@ -43,28 +44,18 @@ logger = logging.getLogger(__name__)
 HealthCallback = Callable[[Verdict], None]
 
 
-class Operation(StrEnum):
-    ACTIVE = "active"
-    INACTIVE = "inactive"
-    DELETE = "delete"
+Operation = Literal["active", "inactive", "delete"]  # a row's status, or its deletion
 
-
-_OPERATION_FOR_STATE = {
-    WorkerState.ACTIVE: Operation.ACTIVE,
-    WorkerState.INACTIVE: Operation.INACTIVE,
-    WorkerState.OFFLINE: Operation.DELETE,
+_OPERATION_FOR_STATE: dict[WorkerState, Operation] = {
+    WorkerState.ACTIVE: "active",
+    WorkerState.INACTIVE: "inactive",
+    WorkerState.OFFLINE: "delete",
 }
 
 
-@dataclass(slots=True)
-class _Owed:
-    module_type: str
-    workload: list[Any] | str  # compact JSON text while owed: a fleet registering at once
-    # At most three (refresh, inactive, delete): a list, not a deque (a deque is 0.6 KiB empty,
-    # and a mass registration owes one per worker).
-    operations: list[tuple[int, Operation]] = field(default_factory=list)
-    queued: bool = False  # in the writer's FIFO of workers with work
-    in_flight: bool = False
+# What is owed for a worker: (module_type, workload as compact JSON text, operations), the
+# operations (sequence, operation) oldest first, at most three (refresh, inactive, delete).
+_Owed = tuple[str, str, tuple[tuple[int, Operation], ...]]
 
 
 class ManagerWriter:
@@ -89,7 +80,12 @@ class ManagerWriter:
         self._client: ManagerClient | None = None
         self._attached = asyncio.Event()
         self._owed: dict[str, _Owed] = {}
-        self._ready: deque[str] = deque()
+        self._ready: deque[str] = deque()  # workers with work, each once
+        # In _ready. A dict, not a set: a dict of strings and None is untracked by the garbage
+        # collector, a set is traversed entry by entry by every collection (a mass transition
+        # queues 100,000).
+        self._queued: dict[str, None] = {}
+        self._in_flight: set[str] = set()
         self._pending = 0
         self._written_at: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -103,7 +99,7 @@ class ManagerWriter:
     def owes(self, hostname: str) -> bool:
         """Whether a write for ``hostname`` is still owed (or in flight)."""
         owed = self._owed.get(hostname)
-        return owed is not None and bool(owed.operations)
+        return owed is not None and bool(owed[2])
 
     def attach(self, client: ManagerClient) -> None:
         """Write with ``client`` from now on (a new session's credentials)."""
@@ -114,37 +110,35 @@ class ManagerWriter:
     def apply(self, transition: Transition) -> None:
         """Owe the Manager whatever this transition changes."""
         owed = self._owed.get(transition.hostname)
-        if owed is None:
-            owed = self._owed[transition.hostname] = _Owed(
-                transition.module_type, _compact(transition.workload)
-            )
-        owed.module_type = transition.module_type
-        owed.workload = _compact(transition.workload)
+        operations = () if owed is None else owed[2]
         operation = _OPERATION_FOR_STATE[transition.current]
-        if operation is Operation.ACTIVE:
-            self._pending -= len(owed.operations)
-            owed.operations.clear()
-        if not owed.operations or owed.operations[-1][1] is not operation:
-            owed.operations.append((next(self._sequence), operation))
+        if operation == "active":
+            self._pending -= len(operations)
+            operations = ()
+        if not operations or operations[-1][1] != operation:
+            operations += ((next(self._sequence), operation),)
             self._pending += 1
-        self._queue(transition.hostname, owed)
+        self._owed[transition.hostname] = (
+            transition.module_type,
+            _compact(transition.workload),
+            operations,
+        )
+        self._queue(transition.hostname)
 
     def observe_heartbeat(self, heartbeat: Heartbeat) -> None:
         """An active worker beat again: owe a refresh once ``refresh_interval`` has passed."""
-        owed = self._owed.get(heartbeat.hostname)
-        if owed is not None and owed.operations:
-            owed.workload = _heartbeat_workload(heartbeat)
+        hostname = heartbeat.hostname
+        owed = self._owed.get(hostname)
+        if owed is not None and owed[2]:
+            self._owed[hostname] = (owed[0], _heartbeat_workload(heartbeat), owed[2])
             return
-        written_at = self._written_at.get(heartbeat.hostname)
+        written_at = self._written_at.get(hostname)
         if written_at is not None and self._clock() - written_at < self.refresh_interval:
             return
-        if owed is None:
-            owed = self._owed[heartbeat.hostname] = _Owed(
-                heartbeat.module_type, _heartbeat_workload(heartbeat)
-            )
-        owed.operations.append((next(self._sequence), Operation.ACTIVE))
+        operations: tuple[tuple[int, Operation], ...] = ((next(self._sequence), "active"),)
+        self._owed[hostname] = (heartbeat.module_type, _heartbeat_workload(heartbeat), operations)
         self._pending += 1
-        self._queue(heartbeat.hostname, owed)
+        self._queue(hostname)
 
     def mark_written(self, hostname: str) -> None:
         """The Manager already holds a current record (seen at start-up): no write owed yet."""
@@ -158,9 +152,9 @@ class ManagerWriter:
             now -= self.refresh_interval * (1.0 - refresh_phase(hostname))
         self._written_at[hostname] = now
 
-    def _queue(self, hostname: str, owed: _Owed) -> None:
-        if not owed.queued and not owed.in_flight:
-            owed.queued = True
+    def _queue(self, hostname: str) -> None:
+        if hostname not in self._queued and hostname not in self._in_flight:
+            self._queued[hostname] = None
             self._ready.append(hostname)
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
         self._wake.set()
@@ -177,25 +171,25 @@ class ManagerWriter:
                 await self._wake.wait()
                 continue
             hostname = self._ready.popleft()
-            owed = self._owed[hostname]
-            owed.queued = False
-            owed.in_flight = True
+            del self._queued[hostname]
+            self._in_flight.add(hostname)
             try:
-                await self._write(hostname, owed)
+                await self._write(hostname)
             finally:
-                owed.in_flight = False
-                if owed.operations:
-                    self._queue(hostname, owed)
-                elif self._owed.get(hostname) is owed:
+                self._in_flight.discard(hostname)
+                if self._owed[hostname][2]:
+                    self._queue(hostname)
+                else:
                     del self._owed[hostname]
 
-    async def _write(self, hostname: str, owed: _Owed) -> None:
-        sequence, operation = owed.operations[0]
+    async def _write(self, hostname: str) -> None:
+        module_type, workload, operations = self._owed[hostname]
+        sequence, operation = operations[0]
         try:
             async with write_slots():  # operator-wide; never held across a backoff wait
-                await self._call(hostname, owed, operation)
+                await self._call(hostname, module_type, workload, operation)
         except ManagerRejected as error:
-            if error.status == 404 and operation is not Operation.DELETE:
+            if error.status == 404 and operation != "delete":
                 await self._failed(operation, Reason.MANAGER_UNREACHABLE, str(error))
                 return
             # The Manager will never accept this record (e.g. 400): retrying cannot help.
@@ -209,13 +203,14 @@ class ManagerWriter:
             return
         else:
             self._outcome(operation, "success")
-            if operation is Operation.DELETE:
+            if operation == "delete":
                 self._written_at.pop(hostname, None)
             else:
                 self._record_write(hostname)
         # A newer transition may have replaced the queue while the call was in flight.
-        if owed.operations and owed.operations[0][0] == sequence:
-            del owed.operations[0]
+        module_type, workload, operations = self._owed[hostname]
+        if operations and operations[0][0] == sequence:
+            self._owed[hostname] = (module_type, workload, operations[1:])
             self._pending -= 1
         self._backoff.reset()
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
@@ -224,21 +219,19 @@ class ManagerWriter:
                 Verdict(True, Reason.SYNCED, "every worker transition was written to the Manager")
             )
 
-    async def _call(self, hostname: str, owed: _Owed, operation: Operation) -> None:
+    async def _call(
+        self, hostname: str, module_type: str, workload: str, operation: Operation
+    ) -> None:
         assert self._client is not None, "run() waits for a client"
-        if operation is Operation.DELETE:
+        if operation == "delete":
             await self._client.delete_module(self._exchange_id, hostname)
         else:
             await self._client.upsert_module(
-                self._exchange_id,
-                hostname,
-                owed.module_type,
-                operation.value,
-                json.loads(owed.workload) if isinstance(owed.workload, str) else owed.workload,
+                self._exchange_id, hostname, module_type, operation, json.loads(workload)
             )
 
     def _outcome(self, operation: Operation, outcome: str) -> None:
-        metrics.MANAGER_WRITES.labels(*self._labels, operation.value, outcome).inc()
+        metrics.MANAGER_WRITES.labels(*self._labels, operation, outcome).inc()
 
     async def _failed(self, operation: Operation, reason: Reason, message: str) -> None:
         self._outcome(operation, "failure")
@@ -266,8 +259,10 @@ def _compact(workload: list[Any]) -> str:
     return json.dumps(workload, separators=(",", ":"), ensure_ascii=False)
 
 
-def _heartbeat_workload(heartbeat: Heartbeat) -> list[Any] | str:
-    return heartbeat.workload if heartbeat.workload_json is None else heartbeat.workload_json
+def _heartbeat_workload(heartbeat: Heartbeat) -> str:
+    if heartbeat.workload_json is not None:
+        return heartbeat.workload_json
+    return _compact(heartbeat.workload)
 
 
 def refresh_phase(hostname: str) -> float:

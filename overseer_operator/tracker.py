@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 # "other", so a sender cannot create metric series at will.
 KNOWN_EVENT_TYPES = frozenset({"upgrade_request"})
 # Transitions dispatched between two yields to the event loop (~10 ms of work).
-SWEEP_BATCH = 500
+SWEEP_BATCH = 100
 # Transition log lines per minute; a mass transition is summed up instead of logged line by line.
 TRANSITION_LOGS_PER_MINUTE = 60
 
