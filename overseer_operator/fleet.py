@@ -210,6 +210,12 @@ class Fleet:
         self._place(hostname, (module_type, DEFAULT_STATUS, stored, state, last_seen, None, -1))
         return True
 
+    def forget(self, hostname: str) -> None:
+        """Drop a worker without a verdict (the operator's own row, when it hands over)."""
+        record = self._workers.get(hostname)
+        if record is not None:
+            self._remove(hostname, record)
+
     def pause(self) -> None:
         """Stop the fleet's time: nothing turns inactive or offline until ``resume``."""
         if self._paused_at is None:

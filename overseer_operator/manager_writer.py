@@ -140,6 +140,15 @@ class ManagerWriter:
         self._pending += 1
         self._queue(hostname)
 
+    def forget(self, hostname: str) -> None:
+        """Owe nothing more for ``hostname`` (a call already in flight still completes)."""
+        owed = self._owed.get(hostname)
+        if owed is not None:
+            self._pending -= len(owed[2])
+            self._owed[hostname] = (owed[0], owed[1], ())
+            metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
+        self._written_at.pop(hostname, None)
+
     def mark_written(self, hostname: str) -> None:
         """The Manager already holds a current record (seen at start-up): no write owed yet."""
         self._record_write(hostname)
@@ -184,6 +193,8 @@ class ManagerWriter:
 
     async def _write(self, hostname: str) -> None:
         module_type, workload, operations = self._owed[hostname]
+        if not operations:  # forgotten while queued
+            return
         sequence, operation = operations[0]
         try:
             async with write_slots():  # operator-wide; never held across a backoff wait

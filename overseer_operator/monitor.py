@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # A session whose broker (looked up in the Manager) stays unreachable is replaced this often, so
 # a broker record rotated in the Manager is picked up without a restart.
 BROKER_RELOOKUP_INTERVAL = 60.0
+# How long a replica handing an exchange over waits to read its own last heartbeat back.
+OWN_HEARTBEAT_DRAIN_TIMEOUT = 2.0
 
 
 class Stopped(Protocol):
@@ -256,12 +258,19 @@ class ExchangeMonitor:
         if fenced:  # the Manager writer and the status writer first, the connections after
             await self._tasks.aclose()
         session = self._session
+        if handover and not fenced and session is not None:
+            await self._drain_own_heartbeat(session)
         if session is not None and deleted and not fenced:
             await session.deregister()
         if session is not None:
             await session.close()
         if handover and not fenced:
+            # This replica goes on living, only no longer for this exchange: its own row leaves
+            # the status and the Manager rather than age out as a silent worker's would.
+            self.tracker.forget(self.environment.identity)
             await self._flush_manager_writes()
+            if session is not None:
+                await session.deregister()
         if not deleted and not fenced:
             self._stopping = not handover  # a handover is not an outage of the exchange
             with contextlib.suppress(Exception):
@@ -271,6 +280,21 @@ class ExchangeMonitor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.client.aclose(), defaults.SHUTDOWN_TIMEOUT)
         metrics.forget_exchange(*self._labels)
+
+    async def _drain_own_heartbeat(self, session: Session) -> None:
+        """Stop the own heartbeat and read the last one sent back from the queue (bounded), so
+        that the next owner does not find it there and register this replica as a worker."""
+        sent_at = session.stop_own_heartbeat()
+        deadline = self._loop.time() + OWN_HEARTBEAT_DRAIN_TIMEOUT
+        while sent_at is not None and self._loop.time() < deadline:
+            own = self.tracker.fleet.get(self.environment.identity)
+            if own is not None and (own.last_heartbeat_at or 0.0) >= sent_at:
+                return
+            await asyncio.sleep(0.05)
+        if sent_at is not None:
+            logger.warning(
+                "%s/%s: own last heartbeat not read back before the handover", *self._labels
+            )
 
     async def _flush_manager_writes(self) -> None:
         """Give the Manager writer a moment to send what it owes before the next owner starts."""

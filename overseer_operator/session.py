@@ -91,6 +91,8 @@ class Session:
         self._consumer: HeartbeatConsumer | None = None
         self._reconciling = False
         self._publishing = False
+        self._own_heartbeat_stopped = False
+        self.own_heartbeat_sent_at: float | None = None  # loop time of the last one sent
 
     def start(self, *, list_modules_first: bool) -> None:
         """Connect in the background; with ``list_modules_first`` the Manager's list is read (or
@@ -155,10 +157,16 @@ class Session:
         exchange = await self._from_manager(
             lambda: self.client.get_exchange(spec.exchange_id), "look up the exchange's routing"
         )
+
+        async def publish(target: str, routing_key: str, body: bytes) -> None:
+            if not self._own_heartbeat_stopped:
+                self.own_heartbeat_sent_at = asyncio.get_running_loop().time()
+                await consumer.publish(target, routing_key, body)
+
         self._tasks.spawn(
             "own-heartbeat",
             lambda: publish_own_heartbeats(
-                consumer.publish,
+                publish,
                 exchange,
                 identity,
                 lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
@@ -211,8 +219,14 @@ class Session:
                 return result
             await backoff.wait()
 
+    def stop_own_heartbeat(self) -> float | None:
+        """Publish no more own heartbeats; the loop time the last one was sent (None: none was)."""
+        self._own_heartbeat_stopped = True
+        return self.own_heartbeat_sent_at
+
     async def deregister(self) -> None:
-        """The resource is gone: take the operator's own row out of the exchange (best effort)."""
+        """Take the operator's own row out of the exchange (best effort): the resource is gone, or
+        another replica monitors the exchange from now on."""
         try:
             await asyncio.wait_for(
                 self.client.delete_module(self.spec.exchange_id, self._identity),

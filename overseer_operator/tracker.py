@@ -182,6 +182,14 @@ class FleetTracker:
         self._dispatch(transition)
         self._wake.set()
 
+    def forget(self, hostname: str) -> None:
+        """Drop a worker and whatever is owed for it, without a verdict."""
+        for unsettled in (self._heard_wall, self._shown, self._evidence):
+            unsettled.pop(hostname, None)
+        self.fleet.forget(hostname)
+        self.writer.forget(hostname)
+        self._changed()
+
     def _dispatch(self, transition: Transition) -> None:
         self._transitions[transition.current].inc()
         if transition.current is not WorkerState.ACTIVE:

@@ -315,18 +315,33 @@ def test_sigterm_then_sigkill_of_an_owner(
     time.sleep(3)
     wrong = false_transitions(estate, manager)
     alive = [op for op in operators.values() if op.alive()]
+    # The replica that handed over lives on elsewhere: its own rows were deleted by itself,
+    # never written inactive, although more than inactiveAfter has passed since.
+    retired = {
+        name: calls
+        for name, ex in estate.exchanges.items()
+        if (calls := manager_calls(manager, ex.exchange_id, victim))
+    }
     print(
         f"\nSIGTERM handover {graceful:.2f}s; SIGKILL takeover {takeover:.2f}s "
         f"(bound {LEASE_DURATION + FAILURE_RETRY + 5:.1f}s); silent worker inactive "
         f"{late_by:+.2f}s after its threshold; false transitions {len(wrong)}; "
-        f"fenced writes {fenced(*alive)}"
+        f"fenced writes {fenced(*alive)}; own rows of the replica that handed over {retired}"
     )
     assert graceful < 10.0
     assert takeover <= LEASE_DURATION + FAILURE_RETRY + 5.0
-    # Inactive by its threshold plus the takeover gap and the successor's start (seed, connect,
-    # backlog), never before its threshold.
-    assert -1.0 <= late_by <= takeover + 4.0
+    # Inactive by its threshold plus what its proof of silence could not show (the Manager row
+    # refreshed every 2 s, written up to 2 s after a heartbeat; the skew bound of 1 s), never
+    # before it: not a new threshold from the takeover.
+    assert -1.0 <= late_by <= 2.0 + 2.0 + 1.0 + 2.0
     assert wrong == []
+    assert retired  # it owned exchanges, and registered itself on each
+    for calls in retired.values():
+        assert calls[-1] == ("DELETE", None)
+        assert ("POST", "inactive") not in calls
+    assert all(
+        victim not in manager_states(manager, ex.exchange_id) for ex in estate.exchanges.values()
+    )
     assert all_workers_active(estate, manager)
     assert fenced(*alive) == 0
 
