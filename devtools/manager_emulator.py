@@ -365,6 +365,11 @@ class ManagerEmulator:
                 )
             )
 
+    def remove_broker_connections(self, broker_id: str) -> None:
+        """Forget a broker's connection rows (then add the new one: a rotated record)."""
+        with self._lock:
+            self._connections = [c for c in self._connections if c.broker_id != broker_id]
+
     def put_module(
         self,
         exchange_id: str,

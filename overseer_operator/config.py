@@ -238,6 +238,7 @@ class OperatorEnvironment:
     # Subtracted from evidence read from another process's wall clock (CLOCK_SKEW_BOUND; by
     # default the lease timings' bound with sharding on, else none).
     clock_skew: float = 0.0
+    broker_relookup_interval: float = defaults.BROKER_RELOOKUP_INTERVAL
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
@@ -264,6 +265,11 @@ class OperatorEnvironment:
             lease_timings=timings,
             clock_skew=(
                 parse_duration(skew) if (skew := get("CLOCK_SKEW_BOUND")) else default_skew
+            ),
+            broker_relookup_interval=(
+                parse_duration(relookup)
+                if (relookup := get("BROKER_RELOOKUP_INTERVAL"))
+                else defaults.BROKER_RELOOKUP_INTERVAL
             ),
         )
 

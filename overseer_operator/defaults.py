@@ -28,6 +28,9 @@ KUBERNETES_TIMEOUT = 15.0  # per Kubernetes API request
 BROKER_CONNECT_TIMEOUT = 10.0
 BROKER_RETRY_INTERVAL = 5.0
 BROKER_VERIFY_INTERVAL = 5.0  # how often the broker is asked about the queue (consumer, depth)
+# A session whose broker (looked up in the Manager) stays unreachable is replaced this often, so
+# a broker record rotated in the Manager is picked up without a restart (BROKER_RELOOKUP_INTERVAL).
+BROKER_RELOOKUP_INTERVAL = 60.0
 MAX_BACKOFF = 60.0  # the longest wait between retries of anything
 EVENTS_PER_MINUTE = 10
 # Events a minute for the whole operator, whatever the number of exchanges (100 exchanges

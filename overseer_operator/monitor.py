@@ -49,9 +49,6 @@ from overseer_operator.tracker import FleetTracker
 
 logger = logging.getLogger(__name__)
 
-# A session whose broker (looked up in the Manager) stays unreachable is replaced this often, so
-# a broker record rotated in the Manager is picked up without a restart.
-BROKER_RELOOKUP_INTERVAL = 60.0
 # How long a replica handing an exchange over waits to read its own last heartbeat back.
 OWN_HEARTBEAT_DRAIN_TIMEOUT = 2.0
 
@@ -183,7 +180,8 @@ class ExchangeMonitor:
             BrokerState.UNREACHABLE,
         ):
             # A rotated password in urlSecretRef, or a broker record rotated in the Manager.
-            return self._loop.time() - self._session_started_at >= BROKER_RELOOKUP_INTERVAL
+            relookup_after = self.environment.broker_relookup_interval
+            return self._loop.time() - self._session_started_at >= relookup_after
         return False
 
     async def _reconcile_session(self, spec: ExchangeSpec) -> None:

@@ -3,10 +3,12 @@ workers that died meanwhile are still found."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from tests.fixtures.operator import (
@@ -14,6 +16,7 @@ from tests.fixtures.operator import (
     apply_exchange,
     condition,
     eventually,
+    free_port,
     get_exchange,
     manager_calls,
     manager_states,
@@ -152,3 +155,43 @@ def test_a_broker_outage_flips_nobody(
             hostname
         )
     assert operator.metric("overseer_worker_transitions_total", state="inactive") == 0
+
+
+def test_a_broker_record_rotated_in_the_manager_is_picked_up_without_a_restart(
+    kubectl, namespace, manager, exchange, workers, start_operator, amqp_url
+):
+    """The Manager's broker record names a dead endpoint; once it is rotated to the live broker,
+    the exchange consumes within BROKER_RELOOKUP_INTERVAL (scaled to 2 s), no restart needed."""
+    broker = httpx.URL(amqp_url)
+    manager.add_broker("7", "rotating")
+    manager.add_broker_connection("7", "guest", "guest", "127.0.0.1", free_port(), "/")
+    rotating = dataclasses.replace(exchange, broker_id="7")
+    workers.alive.update({"live-1": "builder"})
+    apply_exchange(kubectl, namespace, "rotated", rotating, manager={"refreshInterval": "1h"})
+    start_operator(namespace, BROKER_RELOOKUP_INTERVAL="2s")
+    eventually(
+        lambda: (
+            condition(get_exchange(kubectl, namespace, "rotated"), "BrokerConnected")["reason"]
+            == "BrokerUnreachable"
+        ),
+        timeout=60,
+        what="the dead endpoint reported",
+    )
+    assert "live-1" not in manager_states(manager, exchange.exchange_id)
+
+    manager.remove_broker_connections("7")
+    manager.add_broker_connection(
+        "7", broker.username or "guest", broker.password or "guest", broker.host, broker.port, "/"
+    )
+    rotated = time.monotonic()
+    eventually(
+        lambda: manager_states(manager, exchange.exchange_id).get("live-1") == "active",
+        timeout=30,
+        what="the rotated record used",
+    )
+    print(f"\nBROKER RECORD ROTATED: consuming {time.monotonic() - rotated:.1f}s later")
+    eventually(
+        lambda: condition(get_exchange(kubectl, namespace, "rotated"), "Ready")["status"] == "True",
+        timeout=30,
+        what="Ready",
+    )
