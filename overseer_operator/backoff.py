@@ -41,7 +41,13 @@ class Backoff:
         return ceiling * (0.5 + 0.5 * self._jitter())
 
     async def wait(self) -> float:
-        """Count a failure and sleep its delay; the delay slept."""
+        """Count a failure and sleep its delay; the delay slept.
+
+        Raises ``CancelledError`` instead if the task is being cancelled: a library that turned
+        the cancellation into an error (a transport error, a closed channel) must not make the
+        retry loop go on, or whoever cancelled it waits forever.
+        """
+        raise_if_cancelling()
         delay = self.next_delay()
         await self._sleep(delay)
         return delay
@@ -49,3 +55,10 @@ class Backoff:
     def reset(self) -> None:
         """A success: the next failure starts from ``base`` again."""
         self.failures = 0
+
+
+def raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if the current task has a cancellation request pending."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

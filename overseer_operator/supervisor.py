@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from overseer_operator import metrics
-from overseer_operator.backoff import Backoff
+from overseer_operator.backoff import Backoff, raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class Supervisor:
                 await factory()
                 return
             except Exception as error:
+                raise_if_cancelling()  # a cancellation turned into an error: stop, not restart
                 metrics.TASK_CRASHES.labels(*self._labels, name).inc()
                 logger.exception("Task %s crashed; restarting it", self._name(name))
                 self._on_crash(name, error)

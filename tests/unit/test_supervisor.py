@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from overseer_operator.backoff import Backoff
 from overseer_operator.supervisor import Supervisor
 from tests.metering import sample
 
@@ -82,3 +83,50 @@ async def test_a_task_that_returns_is_not_restarted_and_aclose_cancels_the_rest(
     assert cancelled.is_set()
     labels = {"namespace": "ns", "name": "sup-close", "task": "forever"}
     assert sample("overseer_task_crashes_total", **labels) == 0  # cancelling is no crash
+
+
+class SwallowsCancellation(Exception):
+    """What some libraries raise when the task awaiting them is cancelled."""
+
+
+async def cancellation_turned_into_an_error() -> None:
+    try:
+        await asyncio.sleep(10**9)
+    except asyncio.CancelledError:
+        raise SwallowsCancellation from None
+
+
+@pytest.mark.looptime
+async def test_a_cancellation_turned_into_an_error_stops_the_task_instead_of_a_restart():
+    """Closing a session waits for its tasks: a task restarted after its own cancellation (or a
+    retry loop that retried it) made that wait last forever."""
+    supervisor = Supervisor(("ns", "sup-swallow"))
+    supervisor.spawn("swallows", cancellation_turned_into_an_error)
+    await asyncio.sleep(1)
+    async with asyncio.timeout(5):
+        await supervisor.aclose()
+    labels = {"namespace": "ns", "name": "sup-swallow", "task": "swallows"}
+    assert sample("overseer_task_crashes_total", **labels) == 0
+
+
+@pytest.mark.looptime
+async def test_a_retry_loop_stops_when_its_cancellation_became_an_error():
+    backoff = Backoff(1.0)
+    attempts = 0
+
+    async def retry_forever() -> None:
+        nonlocal attempts
+        while True:
+            attempts += 1
+            try:
+                await cancellation_turned_into_an_error()
+            except SwallowsCancellation:
+                await backoff.wait()
+
+    task = asyncio.create_task(retry_forever())
+    await asyncio.sleep(1)
+    task.cancel()
+    async with asyncio.timeout(60):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert attempts == 1
