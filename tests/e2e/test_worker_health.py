@@ -149,7 +149,12 @@ def test_erlang_runtime_body_and_malformed_messages(
     other_event = encode_etf(
         Heartbeat("ignored-1", "builder", "active", []), event_type="upgrade_request"
     )
-    publish(amqp_url, exchange, *garbage, other_event, erlang_status_body)
+    # A sender choosing event types at will must not create metric series at will.
+    invented = [
+        encode_etf(Heartbeat(f"h{index}", "builder", "active", []), event_type=f"made_up_{index}")
+        for index in range(20)
+    ]
+    publish(amqp_url, exchange, *garbage, other_event, *invented, erlang_status_body)
 
     eventually(
         lambda: manager_states(manager, exchange.exchange_id).get("007aaefbbcc9") == "active",
@@ -168,6 +173,8 @@ def test_erlang_runtime_body_and_malformed_messages(
     }
     assert operator.metric("overseer_messages_rejected_total") == len(garbage)
     assert operator.metric("overseer_messages_ignored_total", event_type="upgrade_request") == 1
+    assert operator.metric("overseer_messages_ignored_total", event_type="other") == 20
+    assert "made_up_" not in operator.metrics()
     assert "ignored-1" not in manager_states(manager, exchange.exchange_id)
     assert operator.alive()
 
