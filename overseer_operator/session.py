@@ -160,8 +160,9 @@ class Session:
 
         async def publish(target: str, routing_key: str, body: bytes) -> None:
             if not self._own_heartbeat_stopped:
-                self.own_heartbeat_sent_at = asyncio.get_running_loop().time()
+                started = asyncio.get_running_loop().time()
                 await consumer.publish(target, routing_key, body)
+                self.own_heartbeat_sent_at = started  # confirmed by the broker: it is queued
 
         self._tasks.spawn(
             "own-heartbeat",
