@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import getpass
 import logging
 import os
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    from overseer_operator import handlers, kubeconfig, metrics
+    from overseer_operator import collector, handlers, kubeconfig, metrics
 
     del handlers  # importing it registers the handlers with kopf's default registry
     # kopf and the monitors' own client log in the same way (and need no `kubernetes` package).
@@ -75,7 +74,8 @@ def run_operator(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
-    freeze_startup_heap()
+    collector.freeze_startup_heap()
+    collector.take_over_full_collections()  # handlers.configure starts the timer
     logging.getLogger(__name__).info(
         "overseer-operator %s watching %s",
         __version__,
@@ -89,15 +89,6 @@ def run_operator(args: argparse.Namespace) -> int:
         identity=kopf_identity(),  # type: ignore[arg-type]  # kopf.Identity: a private NewType(str)
     )
     return 0
-
-
-def freeze_startup_heap() -> None:
-    """Take what start-up allocated (modules, classes, kopf's registry) out of the cyclic garbage
-    collector's sight: it lives as long as the process, and every full collection (which a mass
-    transition triggers) would scan it again, stalling the event loop. Collected first, so no
-    garbage is frozen with it."""
-    gc.collect()
-    gc.freeze()
 
 
 def kopf_identity() -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from overseer_operator import defaults, metrics
+from overseer_operator import collector, defaults, metrics
 from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
@@ -48,6 +48,7 @@ async def configure(
         defaults.OPERATOR_EVENTS_PER_MINUTE, 60.0, asyncio.get_running_loop().time
     )
     memo.loop_watch = asyncio.create_task(metrics.watch_event_loop())
+    memo.full_collections = asyncio.create_task(collector.collect_periodically())
     memo.coordinator = None
     environment = memo.environment
     if environment.sharding:
@@ -64,8 +65,9 @@ async def configure(
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    if memo.get("loop_watch") is not None:
-        memo.loop_watch.cancel()
+    for task in ("loop_watch", "full_collections"):
+        if memo.get(task) is not None:
+            memo[task].cancel()
     if memo.get("coordinator") is not None:
         await memo.coordinator.stop()
     await memo.kube.aclose()

@@ -107,6 +107,13 @@ EVENT_LOOP_LAG_MAX = Gauge(
     "The largest event-loop lag seen since the operator started.",
     registry=REGISTRY,
 )
+GC_FULL_COLLECTION = Histogram(
+    "overseer_gc_full_collection_seconds",
+    "How long each full garbage collection took (run on a timer, see collector.py): the loop "
+    "is stalled meanwhile.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 LOOP_TICK = 0.05
 
 
