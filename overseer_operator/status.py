@@ -70,13 +70,34 @@ def render_status(
     return status
 
 
-def _without_heartbeat_times(status: Mapping[str, Any]) -> dict[str, Any]:
-    significant = {key: value for key, value in status.items() if key != "lastHeartbeatTime"}
-    significant["modules"] = [
-        {key: value for key, value in module.items() if key != "lastHeartbeatTime"}
-        for module in status.get("modules", ())
-    ]
-    return significant
+def _significant_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` differs from ``old`` in more than heartbeat times and in which active
+    workers are listed. Past 50 workers the oldest-heard active ones are listed, and in a healthy
+    fleet they change with every heartbeat: that was a patch every second and a half at 1,000
+    workers. Both are written with the next refresh; a listed active worker that changed (its
+    type, say) is written at once."""
+
+    def split(status: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        rest = {key: value for key, value in status.items() if key != "lastHeartbeatTime"}
+        listed, active = [], {}
+        for module in status.get("modules", ()):
+            entry = {key: value for key, value in module.items() if key != "lastHeartbeatTime"}
+            if entry.get("state") == _ACTIVE:
+                active[str(entry.get("hostname"))] = entry
+            else:
+                listed.append(entry)
+        rest["modules"] = listed
+        return rest, active
+
+    (old_rest, old_active), (new_rest, new_active) = split(old), split(new)
+    if old_rest != new_rest:
+        return True
+    return any(
+        old_active[host] != new_active[host] for host in old_active.keys() & new_active.keys()
+    )
+
+
+_ACTIVE = WorkerState.ACTIVE.value
 
 
 class StatusWriter:
@@ -114,7 +135,7 @@ class StatusWriter:
     def _due(self, status: dict[str, Any], now: float) -> bool:
         if self._written is None:
             return True
-        if _without_heartbeat_times(status) != _without_heartbeat_times(self._written):
+        if _significant_change(self._written, status):
             return True
         return now - self._written_at >= self._refresh_interval and status != self._written
 
