@@ -272,7 +272,9 @@ class ExchangeMonitor:
         if not deleted and not fenced:
             self._stopping = not handover  # a handover is not an outage of the exchange
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.status_writer.write_if_due(), defaults.SHUTDOWN_TIMEOUT)
+                await asyncio.wait_for(
+                    self.status_writer.write_if_due(fresh=handover), defaults.SHUTDOWN_TIMEOUT
+                )
         await self._tasks.aclose()
         if session is not None:
             with contextlib.suppress(Exception):

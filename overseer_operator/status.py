@@ -139,11 +139,13 @@ class StatusWriter:
             return True
         return now - self._written_at >= self._refresh_interval and status != self._written
 
-    async def write_if_due(self) -> bool:
-        """One write attempt if the status changed; True if a patch was sent and accepted."""
+    async def write_if_due(self, *, fresh: bool = False) -> bool:
+        """One write attempt if the status changed (with ``fresh``, heartbeat times and the
+        active workers listed count too: the last status before a handover is the next owner's
+        evidence); True if a patch was sent and accepted."""
         loop = asyncio.get_running_loop()
         status = self._render()
-        if not self._due(status, loop.time()):
+        if not (self._due(status, loop.time()) or (fresh and status != self._written)):
             return False
         labels = (self._namespace, self._name, "status")
         try:

@@ -338,3 +338,15 @@ async def test_a_listed_active_worker_that_changed_is_written_at_once(running, k
     running.mark_dirty()
     await asyncio.sleep(1.5)
     assert [patch["modules"][0]["type"] for patch in kube.patches] == ["b", "deployer"]
+
+
+@pytest.mark.looptime
+async def test_a_fresh_write_includes_heartbeat_times_at_once(kube, rendered):
+    """The last status before a handover is the next owner's evidence of who was heard when."""
+    writer = StatusWriter(kube, "ns", "fresh", rendered, min_interval=1.0, refresh_interval=60.0)
+    assert await writer.write_if_due()
+    rendered.heartbeat = "2030-05-17T12:00:10Z"
+    assert not await writer.write_if_due()  # heartbeat times alone wait for the refresh
+    assert await writer.write_if_due(fresh=True)
+    assert kube.patches[-1]["modules"][0]["lastHeartbeatTime"] == "2030-05-17T12:00:10Z"
+    assert not await writer.write_if_due(fresh=True)  # nothing new: nothing written
