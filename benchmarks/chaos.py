@@ -164,6 +164,7 @@ class Replicas:
             SHARDING="on",
             POD_NAMESPACE=self._namespace,
             OAUTH_CLIENT_ID=identity,
+            LOG_LEVEL="INFO",  # every acquisition, release and loss in the log
             **TIMINGS,
         )
         return identity
@@ -193,22 +194,31 @@ def fleet_rows(bed: Bed, exchanges: Exchanges, prefix: str) -> dict[str, dict[st
     }
 
 
-def false_transitions(bed: Bed, exchanges: Exchanges, prefix: str) -> int:
-    """Manager writes other than "active" about the fleet's workers (none of them ever stops)."""
-    wrong = 0
-    for exchange_id in exchanges.ids:
+def false_transitions(
+    bed: Bed, exchanges: Exchanges, prefix: str, since: float
+) -> list[dict[str, Any]]:
+    """Manager writes other than "active" about the fleet's workers (none of them ever stops):
+    which exchange, whose write, when (seconds after ``since``)."""
+    wrong = []
+    for name, exchange_id in zip(exchanges.names, exchanges.ids, strict=True):
         for write in bed.manager.module_writes(exchange_id):
             body = write.body or {}
             if write.method == "DELETE":
-                wrong += f"/{prefix}-" in write.path
-            elif str(body.get("hostname", "")).startswith(f"{prefix}-"):
-                wrong += body.get("status") != "active"
+                hostname, status = write.path.rsplit("/", 1)[1], "DELETE"
+            else:
+                hostname, status = str(body.get("hostname", "")), str(body.get("status"))
+            if hostname.startswith(f"{prefix}-") and status != "active":
+                at = round(write.time - since, 1)
+                wrong.append({"exchange": name, "host": hostname, "status": status,
+                              "by": write.client, "after_s": at})  # fmt: skip
     return wrong
 
 
-def row_gaps(bed: Bed, exchanges: Exchanges, prefix: str, since: float) -> dict[str, float]:
-    """hostname -> the longest its Manager row went unwritten after ``since`` (until now); a
-    row not "active" at the end counts as never written again."""
+def row_gaps(
+    bed: Bed, exchanges: Exchanges, prefix: str, since: float
+) -> dict[str, tuple[float, float]]:
+    """hostname -> (the longest its Manager row went unwritten after ``since``, until now;
+    when that began, after ``since``); a row not "active" at the end is never written again."""
     times: dict[str, list[float]] = {}
     for exchange_id in exchanges.ids:
         for write in bed.manager.module_writes(exchange_id):
@@ -219,9 +229,8 @@ def row_gaps(bed: Bed, exchanges: Exchanges, prefix: str, since: float) -> dict[
     gaps = {}
     for hostname, row in fleet_rows(bed, exchanges, prefix).items():
         moments = [since, *sorted(t for t in times.get(hostname, []) if t >= since), now]
-        gaps[hostname] = max(later - earlier for earlier, later in itertools.pairwise(moments))
-        if row["status"] != "active":
-            gaps[hostname] = math.inf
+        gap, began = max((b - a, a - since) for a, b in itertools.pairwise(moments))
+        gaps[hostname] = (math.inf if row["status"] != "active" else gap, began)
     return gaps
 
 
@@ -267,18 +276,19 @@ def run(bed: Bed, scale: Scale, rng: random.Random) -> dict[str, Any]:
                 kill.takeovers[name] = math.inf if taken is None else taken - kill.at
         takeovers = [taken for kill in kills for taken in kill.takeovers.values()]
         longest = holders.longest_gap(replicas.killed, ended)
-        wrong = false_transitions(bed, exchanges, prefix)
+        wrong = false_transitions(bed, exchanges, prefix, started)
         gaps = row_gaps(bed, exchanges, prefix, started)
         # Across a crash a row goes unwritten for at most: the refresh interval before it, the
         # takeover, and one more interval (the successor counts a row it lists as just written).
-        lost = sum(gap > 2 * seconds(scale.refresh) + CRASH_BOUND for gap in gaps.values())
+        bound = 2 * seconds(scale.refresh) + CRASH_BOUND
+        late = {host: gap for host, gap in gaps.items() if gap[0] > bound}
         final = holders.read()
         one_each = all(final.get(name) in replicas.alive for name in exchanges.names)
     finally:
         holders.close()
     loadgen_result(load)
     worst = max(takeovers, default=0.0)
-    passed = wrong == 0 and lost == 0 and max(worst, longest) <= CRASH_BOUND and one_each
+    passed = not wrong and not late and max(worst, longest) <= CRASH_BOUND and one_each
     return {
         "replicas": scale.replicas,
         "kills": len(kills),
@@ -291,9 +301,11 @@ def run(bed: Bed, scale: Scale, rng: random.Random) -> dict[str, Any]:
         "takeovers": len(takeovers),
         "crash_bound_s": CRASH_BOUND,
         "longest_without_live_holder_s": longest,
-        "false_transitions": wrong,
-        "lost_writes": lost,
-        "longest_row_unwritten_s": max(gaps.values(), default=0.0),
+        "false_transitions": len(wrong),
+        "false_transition_log": wrong,
+        "lost_writes": len(late),
+        "lost_write_log": {host: [round(g, 1), round(b, 1)] for host, (g, b) in late.items()},
+        "longest_row_unwritten_s": max((gap for gap, _ in gaps.values()), default=0.0),
         "fenced_writes": replicas.fenced_writes(),
         "one_live_owner_each": one_each,
         "kill_log": [
@@ -331,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds of killing")
     parser.add_argument("--seed", type=int, default=None, help="which owners are killed")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--logs", type=Path, help="keep every process's log here")
     options = parser.parse_args(argv)
     scale = QUICK if options.quick else Scale()
     overrides = {"every": options.every, "duration": options.duration}
     scale = Scale(**{**scale.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     seed = options.seed if options.seed is not None else random.randrange(2**32)
-    with testbed_session(pin=False) as bed:
+    with testbed_session(pin=False, keep_logs=options.logs) as bed:
         figures = run(bed, scale, random.Random(seed))
     figures["seed"] = seed
     header = (

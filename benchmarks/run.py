@@ -838,7 +838,7 @@ def broker_pinned(env: dict[str, str], pin: bool) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def testbed_session(pin: bool) -> Iterator[Bed]:
+def testbed_session(pin: bool, keep_logs: Path | None = None) -> Iterator[Bed]:
     """The running test bed (``scripts/testbed env``), the CRD applied, a Manager emulator whose
     broker "1" is the test bed's; every process started is stopped at the end, and on a failure
     the tail of each log is shown."""
@@ -855,8 +855,10 @@ def testbed_session(pin: bool) -> Iterator[Bed]:
     broker = httpx.URL(env["AMQP_URL"])
     manager.add_broker("1", "testbed")
     manager.add_broker_connection("1", "guest", "guest", broker.host, broker.port, "/")
-    with tempfile.TemporaryDirectory(prefix="overseer-bench-") as logs, manager:
-        bed = Bed(env, pin, manager, Path(logs))
+    with tempfile.TemporaryDirectory(prefix="overseer-bench-") as temporary, manager:
+        logs = keep_logs or Path(temporary)
+        logs.mkdir(parents=True, exist_ok=True)
+        bed = Bed(env, pin, manager, logs)
         try:
             yield bed
         except BaseException:
