@@ -193,7 +193,8 @@ class Bed:
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
         )
 
-    def operator(self, namespace: str) -> Operator:
+    def operator(self, namespace: str, identity: str | None = None, **env: str) -> Operator:
+        """The operator as a process watching ``namespace``; ``env`` adds or overrides settings."""
         metrics_port, liveness_port = free_port(), free_port()
         process = self.spawn(
             "operator",
@@ -209,12 +210,15 @@ class Bed:
                 str(liveness_port),
             ],
             cpu=1,
-            MANAGER_URL=self.manager.url,
-            OAUTH_LOGIN_URL=self.manager.login_url,
-            OAUTH_CLIENT_ID=CLIENT_ID,
-            OAUTH_CLIENT_SECRET=CLIENT_SECRET,
-            POD_NAME=f"overseer-{namespace}",
-            LOG_LEVEL="WARNING",
+            **{
+                "MANAGER_URL": self.manager.url,
+                "OAUTH_LOGIN_URL": self.manager.login_url,
+                "OAUTH_CLIENT_ID": CLIENT_ID,
+                "OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+                "POD_NAME": identity or f"overseer-{namespace}",
+                "LOG_LEVEL": "WARNING",
+                **env,
+            },
         )
         operator = Operator(process, metrics_port, time.monotonic())
         wait_until(lambda: operator.metrics() is not None, 90, "the operator's metrics endpoint")
@@ -833,6 +837,38 @@ def broker_pinned(env: dict[str, str], pin: bool) -> Iterator[str]:
         subprocess.run(["taskset", "-a", "-p", "-c", before, str(pid)], capture_output=True)
 
 
+@contextlib.contextmanager
+def testbed_session(pin: bool, keep_logs: Path | None = None) -> Iterator[Bed]:
+    """The running test bed (``scripts/testbed env``), the CRD applied, a Manager emulator whose
+    broker "1" is the test bed's; every process started is stopped at the end, and on a failure
+    the tail of each log is shown."""
+    printed = subprocess.run(
+        [str(REPO / "scripts" / "testbed"), "env"], capture_output=True, text=True, check=True
+    ).stdout
+    env = parse_env(printed)
+    env.pop("PATH", None)  # kubectl is called by its full path
+    subprocess.run(
+        [str(Path(env["TESTBED_BIN_DIR"]) / "kubectl"), "apply", "-f", str(REPO / "crds")],
+        check=True, env={**os.environ, **env}, capture_output=True,
+    )  # fmt: skip
+    manager = ManagerEmulator(clients={CLIENT_ID: CLIENT_SECRET})
+    broker = httpx.URL(env["AMQP_URL"])
+    manager.add_broker("1", "testbed")
+    manager.add_broker_connection("1", "guest", "guest", broker.host, broker.port, "/")
+    with tempfile.TemporaryDirectory(prefix="overseer-bench-") as temporary, manager:
+        logs = keep_logs or Path(temporary)
+        logs.mkdir(parents=True, exist_ok=True)
+        bed = Bed(env, pin, manager, logs)
+        try:
+            yield bed
+        except BaseException:
+            for log in sorted(Path(logs).glob("*.log")):
+                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
+            raise
+        finally:
+            bed.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.splitlines()[0]
@@ -852,37 +888,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     scale = Scale(**{**scale.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     pin = not options.no_pin and (os.cpu_count() or 1) >= 2
-    printed = subprocess.run(
-        [str(REPO / "scripts" / "testbed"), "env"], capture_output=True, text=True, check=True
-    ).stdout
-    env = parse_env(printed)
-    env.pop("PATH", None)  # kubectl is called by its full path
-    subprocess.run(
-        [str(Path(env["TESTBED_BIN_DIR"]) / "kubectl"), "apply", "-f", str(REPO / "crds")],
-        check=True, env={**os.environ, **env}, capture_output=True,
-    )  # fmt: skip
-    manager = ManagerEmulator(clients={CLIENT_ID: CLIENT_SECRET})
-    broker = httpx.URL(env["AMQP_URL"])
-    manager.add_broker("1", "testbed")
-    manager.add_broker_connection("1", "guest", "guest", broker.host, broker.port, "/")
     rows: list[Row] = []
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="overseer-bench-") as logs, manager:
-        bed = Bed(env, pin, manager, Path(logs))
+    with testbed_session(pin) as bed:
         try:
-            with broker_pinned(env, pin) as pinning:
+            with broker_pinned(bed.env, pin) as pinning:
                 capacity = ingest_and_capacity(bed, scale, rows)
                 operator, steady = steady_fleet_and_restart(
                     bed, scale, rows, 0 if options.quick else capacity
                 )
                 mass_silence(bed, scale, rows, operator, steady.namespace)
         except Exception:
-            for log in sorted(Path(logs).glob("*.log")):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n")
             print(markdown(rows, "rows measured before the failure:"), flush=True)
             raise
-        finally:
-            bed.close()
     load_after = os.getloadavg()
     header = (
         f"{'quick (smoke check: figures meaningless)' if options.quick else 'full'} run on "

@@ -97,6 +97,7 @@ class RecordedRequest:
     raw_body: bytes
     time: float  # time.monotonic() on arrival
     status: int | None = None  # set once the response is sent
+    client: str | None = None  # the OAuth client whose token the request carried, if valid
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +109,7 @@ class RecordedRequest:
             "text": self.raw_body.decode("utf-8", "replace"),
             "time": self.time,
             "status": self.status,
+            "client": self.client,
         }
 
 
@@ -230,6 +232,7 @@ class ManagerEmulator:
         self._lock = threading.Lock()
         self._clients: dict[str, str] = dict(clients or {})
         self._tokens: dict[str, float] = {}  # token -> expiry on self._clock
+        self._token_clients: dict[str, str] = {}  # token -> the client it was issued to
         self._exchanges: dict[str, _Exchange] = {}
         self._brokers: dict[str, _Broker] = {}
         self._connections: list[_BrokerConnection] = []
@@ -499,7 +502,10 @@ class ManagerEmulator:
         except ValueError:
             body = None
         record = RecordedRequest(method, path, split.query, headers, body, raw, time.monotonic())
+        bearer = _BEARER.match(headers.get("authorization", ""))
         with self._lock:
+            # Which client wrote (several operator replicas, each its own client, in tests).
+            record.client = self._token_clients.get(bearer.group(1)) if bearer else None
             self._requests.append(record)
         response = self._faulted_or_handled(method, path, headers, raw)
         record.status = response.status
@@ -548,6 +554,7 @@ class ManagerEmulator:
                 return _json_response(401, {"error": "invalid_client"})
             token = secrets.token_urlsafe(24)
             self._tokens[token] = self._clock() + self.token_lifetime
+            self._token_clients[token] = client_id
         return _json_response(
             200, {"access_token": token, "token_type": "bearer", "expires_in": self.token_lifetime}
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -263,9 +264,19 @@ def plan(
             count += 1
     release: list[str] = []
     if now - last_handover_at >= timings.handover_interval:
+        # Never to a member at its fair share: it would not acquire, a backup would after
+        # ``backup_after``, hand it over again, and the exchange go unmonitored meanwhile.
+        loads = Counter(
+            lease.holder for lease in leases.values() if not lease.free(now, timings.lease_duration)
+        )
         for key in sorted(held):
             owner = preferred(key, eligible)
-            if owner != identity and owner is not None and members.settled(owner, now):
+            if (
+                owner != identity
+                and owner is not None
+                and members.settled(owner, now)
+                and loads[owner] < cap
+            ):
                 release.append(key)  # one at a time: a new pod causes no herd
                 break
     return Plan(tuple(acquire), tuple(release))

@@ -58,4 +58,6 @@ async def publish_own_heartbeats(
             logger.warning("Own heartbeat not published to %s/%s: %s", target, routing_key, error)
         except Exception as error:
             logger.warning("Own heartbeat not published to %s/%s: %r", target, routing_key, error)
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise asyncio.CancelledError  # aiormq can turn a cancel into a connection error
         await asyncio.sleep(interval())

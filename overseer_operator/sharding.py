@@ -74,10 +74,14 @@ class Claim:
         return {"namespace": self.namespace, "name": self.name, "uid": self.key}
 
     async def wait_held(self, stopped: Stopped) -> bool:
-        """Until this replica holds the Lease (True) or the daemon is stopped (False)."""
+        """Until this replica holds the Lease (True) or the daemon is stopped (False). A Lease
+        to hand over before any monitor ran (acquired as a backup, say) is released here: there
+        is nothing to flush, and nothing else would release it."""
         while not stopped:
             if self.held and not self.step_down.is_set():
                 return True
+            if self.held and self.handing_over:
+                await self.release()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.acquired.wait(), 0.5)
         return False

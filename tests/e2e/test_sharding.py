@@ -3,6 +3,11 @@
 Timings are scaled down (lease 8 s, renew deadline 6 s, retry 1 s, member eligible after 2 s);
 docs/sharding.md has the production arithmetic. Each test prints its figures (``-s`` shows them):
 handover times, false transitions, lost Manager writes, fenced writes.
+
+Apiserver outages go through ``tests/proxy.py``: the replicas reach the apiserver through a TCP
+proxy the test cuts (connections refused, or black-holed), while the test itself (and its Lease
+sampler) talks to the apiserver directly. Each replica has its own OAuth client, so the Manager
+emulator tells whose write each one was.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from overseer_operator.ownership import preferred
+from devtools.manager_emulator import ManagerEmulator
+from overseer_operator.ownership import JITTER, preferred
+from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import (
     Exchange,
+    OperatorProcess,
     Workers,
     apply_exchange,
     eventually,
@@ -29,10 +38,14 @@ from tests.fixtures.operator import (
     manager_writes,
     provision,
 )
+from tests.proxy import Mode, TcpProxy, kubeconfig_through, server_address
 
 pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
 
 LEASE_DURATION, RENEW_DEADLINE, RETRY, FAILURE_RETRY = 8.0, 6.0, 1.0, 0.5
+REQUEST_TIMEOUT = 2.0
+# docs/sharding.md "Timings, by arithmetic", with the scaled values: 6 - 1.2 - 0.5 - 2 = 2.3 s.
+OUTAGE_TOLERANCE = RENEW_DEADLINE - JITTER * RETRY - FAILURE_RETRY - REQUEST_TIMEOUT
 
 
 def sharded(namespace: str, **extra: str) -> dict[str, str]:
@@ -43,7 +56,7 @@ def sharded(namespace: str, **extra: str) -> dict[str, str]:
         "LEASE_RENEW_DEADLINE": f"{int(RENEW_DEADLINE)}s",
         "LEASE_RETRY_PERIOD": f"{int(RETRY)}s",
         "LEASE_FAILURE_RETRY": f"{int(FAILURE_RETRY * 1000)}ms",
-        "LEASE_REQUEST_TIMEOUT": "2s",
+        "LEASE_REQUEST_TIMEOUT": f"{int(REQUEST_TIMEOUT)}s",
         "MEMBER_LEASE_DURATION": "3s",
         "MEMBER_ELIGIBLE_AFTER": "2s",
         "HANDOVER_INTERVAL": "300ms",
@@ -215,6 +228,106 @@ def all_workers_active(estate: Estate, manager) -> bool:
 
 def fenced(*operators) -> float:
     return sum(op.metric("overseer_fenced_writes_total") for op in operators if op.alive())
+
+
+def replica(
+    start_operator: Callable[..., OperatorProcess],
+    manager: ManagerEmulator,
+    namespace: str,
+    identity: str,
+    kubeconfig: Path | None = None,
+) -> OperatorProcess:
+    """A sharded replica with its own OAuth client (so the Manager records whose write each one
+    was), reaching the apiserver through ``kubeconfig`` if given (a proxy's)."""
+    manager.set_client_secret(identity, CLIENT_SECRET)
+    env = sharded(namespace, OAUTH_CLIENT_ID=identity)
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    return start_operator(namespace, identity=identity, **env)
+
+
+@pytest.fixture
+def apiserver_proxy(
+    kubeconfig: Path, tmp_path: Path
+) -> Iterator[Callable[[], tuple[TcpProxy, Path]]]:
+    """Makes TCP proxies to the apiserver, each with a kubeconfig through it. Request it before
+    ``start_operator``: the proxies then outlive the operators, which release on the way out."""
+    proxies: list[TcpProxy] = []
+
+    def make() -> tuple[TcpProxy, Path]:
+        proxy = TcpProxy(*server_address(kubeconfig))
+        proxies.append(proxy)
+        path = tmp_path / f"through-{proxy.port}.kubeconfig"
+        return proxy, kubeconfig_through(kubeconfig, proxy, path)
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def writes_by(manager: ManagerEmulator, exchange: Exchange, client: str) -> list[float]:
+    """When the Manager received each module write about ``exchange`` from ``client``."""
+    return [w.time for w in manager.module_writes(exchange.exchange_id) if w.client == client]
+
+
+def takeover(estate: Estate, name: str, old: str, since: float) -> tuple[float, float]:
+    """(the last sample still naming ``old``, the first naming another) after ``since``: the
+    other acquired the Lease between the two (a sample's moment is taken before its read)."""
+    still = since
+    for moment, seen in estate.samples:
+        holder = seen.get(name, "")
+        if moment < since or not holder:
+            continue
+        if holder != old:
+            return still, moment
+        still = moment
+    raise AssertionError(f"{name} was never taken over from {old}")
+
+
+def non_holder_writes(estate: Estate, manager: ManagerEmulator) -> list[tuple[str, str, float]]:
+    """Manager writes by a replica that held the Lease neither at the sample before the write
+    nor at the one after it (exchange, replica, time)."""
+    wrong = []
+    for name, exchange in estate.exchanges.items():
+        timeline = [(moment, seen.get(name, "")) for moment, seen in estate.samples]
+        for write in manager.module_writes(exchange.exchange_id):
+            before = [holder for moment, holder in timeline if moment <= write.time][-1:]
+            after = [holder for moment, holder in timeline if moment > write.time][:1]
+            if before and after and write.client not in before + after:
+                wrong.append((name, str(write.client), write.time))
+    return wrong
+
+
+def unwritten_since(estate: Estate, manager: ManagerEmulator, since: float) -> list[str]:
+    """Workers still beating whose Manager row nobody has written since ``since`` (lost writes:
+    with a 2 s refreshInterval every row is written again within a few seconds)."""
+    missing = []
+    for name, exchange in estate.exchanges.items():
+        for host in estate.workers[name].alive:
+            if not any(
+                at >= since for at, _, _ in manager_writes(manager, exchange.exchange_id, host)
+            ):
+                missing.append(host)
+    return missing
+
+
+def owned(operators: dict[str, OperatorProcess], namespace: str, name: str) -> float:
+    """How many replicas believe they own the exchange (``overseer_exchange_owned``)."""
+    labels = (f'namespace="{namespace}"', f'name="{name}"')  # "name" is metric()'s own argument
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for op in operators.values()
+        if op.alive()
+        for line in op.metrics().splitlines()
+        if line.startswith("overseer_exchange_owned{") and all(label in line for label in labels)
+    )
+
+
+def lease_transitions(coordination: Coordination, namespace: str) -> dict[str, int]:
+    return {
+        lease["metadata"]["name"]: lease["spec"].get("leaseTransitions", 0)
+        for lease in coordination.list_exchange_leases(namespace)
+    }
 
 
 def test_scale_1_2_3_moves_each_exchange_at_most_once_per_step(
@@ -402,3 +515,171 @@ def test_racing_replicas_a_deleted_lease_and_an_exchange_deleted_mid_handover(
     assert wrong == []
     assert other.alive()
     assert fenced(other) == 0
+
+
+def test_an_owner_cut_off_from_the_apiserver_stops_writing_before_another_acquires(
+    apiserver_proxy, kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
+):
+    """Each replica reaches the apiserver through its own proxy; the one owning more exchanges is
+    black-holed (a partition: the broker and the Manager stay reachable), so its renewals hang.
+    It must stop every write at its renew deadline (RD = 6 s after the start of its last
+    renew), before the other may acquire (LD = 8 s after it last saw that renew): its last
+    Manager write about each exchange comes before the last sample still naming it as holder.
+    Let back in, it writes nothing as a non-holder and the distribution returns to HRW."""
+    start_estate(
+        estate, kubectl, amqp_url, {"inactiveAfter": "20s", "offlineAfter": "40s"}, refresh="2s"
+    )
+    routes = {identity: apiserver_proxy() for identity in ("op-a", "op-b")}
+    operators = {
+        identity: replica(start_operator, manager, namespace, identity, config)
+        for identity, (_, config) in routes.items()
+    }
+    owners = wait_for_owners(estate, coordination, list(operators))
+    eventually(lambda: all_workers_active(estate, manager), timeout=60, what="workers active")
+    victim = max(operators, key=lambda op: list(owners.values()).count(op))
+    other = next(op for op in operators if op != victim)
+    cut_off = [name for name, holder in owners.items() if holder == victim]
+    time.sleep(3)  # the victim refreshes its Manager rows every 2 s: it is writing at the cut
+
+    cut = time.monotonic()
+    routes[victim][0].set_mode(Mode.BLACKHOLE)
+    eventually(
+        lambda: all(holders(coordination, namespace)[name] == other for name in cut_off),
+        timeout=LEASE_DURATION + 10,
+        what=f"{other} acquiring {cut_off}",
+    )
+    time.sleep(2)  # a write of the victim after the takeover would show now
+    handovers, margins, stops = [], [], []
+    for name in cut_off:
+        last_named, taken = takeover(estate, name, victim, cut)
+        last_write = max(writes_by(manager, estate.exchanges[name], victim))
+        handovers.append(taken - cut)
+        margins.append(last_named - last_write)
+        stops.append(last_write - cut)
+    taken_at = time.monotonic()
+
+    routes[victim][0].set_mode(Mode.PASS)
+    wait_for_owners(estate, coordination, list(operators), timeout=30)
+    time.sleep(4)
+    wrong = false_transitions(estate, manager)
+    intruders = non_holder_writes(estate, manager)
+    unwritten = unwritten_since(estate, manager, taken_at)
+    fenced_writes = fenced(*operators.values())
+    print(
+        f"\nCUT OFF {victim} ({len(cut_off)} exchanges): taken over {min(handovers):.1f}-"
+        f"{max(handovers):.1f}s after the cut; its last Manager write {max(stops):.2f}s after "
+        f"the cut, >= {min(margins):.2f}s before the other acquired; false transitions "
+        f"{len(wrong)}; writes by a non-holder {len(intruders)}; Manager rows not rewritten "
+        f"after the takeover {len(unwritten)}; fenced writes {fenced_writes}"
+    )
+    assert all(margin > 0 for margin in margins)  # stopped before anyone else could acquire
+    assert max(stops) <= RENEW_DEADLINE + 1.0
+    assert max(handovers) <= LEASE_DURATION + FAILURE_RETRY + 5.0
+    assert wrong == []
+    assert intruders == []
+    assert unwritten == []
+    assert all_workers_active(estate, manager)
+    for name, holder in holders(coordination, namespace).items():
+        assert get_exchange(kubectl, namespace, name)["status"]["ownerEpoch"].startswith(
+            f"{holder}/"
+        )
+
+
+# docs/sharding.md "Timings, by arithmetic", scaled: tolerated 6 - 1.2 x 1 - 0.5 - 2 = 2.3 s,
+# so 2 s costs no Lease; 12 s is 1.5 LD (the docs' 2 min is 1.2 LD of 100 s): every Lease lapses.
+SHORT_OUTAGE, LONG_OUTAGE = 2.0, 1.5 * LEASE_DURATION
+
+
+@pytest.mark.parametrize("mode", [Mode.REFUSE, Mode.BLACKHOLE], ids=lambda mode: mode.value)
+def test_apiserver_down_within_the_tolerance_and_beyond_the_lease_duration(
+    mode, apiserver_proxy, kubectl, namespace, manager, amqp_url, estate, start_operator,
+    coordination,
+):  # fmt: skip
+    """The apiserver "down" for every replica: one proxy in front of it that all of them use,
+    cut (connections refused, as a stopped apiserver; or black-holed, as a partition where
+    requests hang) while the test reads the apiserver directly.
+
+    Scaled arithmetic (docs/sharding.md): an outage costs no Lease up to RD - 1.2 RP - f - t =
+    6 - 1.2 - 0.5 - 2 = 2.3 s, so a 2 s outage must move nothing (no leaseTransitions, no claim
+    lost). A 12 s outage (1.5 LD, as 2 min is 1.2 LD of 100 s) lapses every Lease: every owner
+    stops writing by its renew deadline (no Manager write from 7 s after the cut), and
+    afterwards each exchange has exactly one owner (Lease, status and the replicas' own gauge
+    agree), with no verdict: thresholds 8 s / 16 s are shorter than the outage, so judging the
+    gap as silence would flip every worker."""
+    assert SHORT_OUTAGE < OUTAGE_TOLERANCE < LEASE_DURATION < LONG_OUTAGE
+    start_estate(
+        estate, kubectl, amqp_url, {"inactiveAfter": "8s", "offlineAfter": "16s"}, refresh="2s"
+    )
+    proxy, config = apiserver_proxy()
+    operators = {
+        identity: replica(start_operator, manager, namespace, identity, config)
+        for identity in ("op-a", "op-b")
+    }
+    owners = wait_for_owners(estate, coordination, list(operators))
+    eventually(lambda: all_workers_active(estate, manager), timeout=60, what="workers active")
+
+    def lost() -> float:
+        return sum(
+            op.metric("overseer_ownership_changes_total", change="lost")
+            for op in operators.values()
+        )
+
+    # Within the tolerance: nothing moves.
+    transitions = lease_transitions(coordination, namespace)
+    short_cut = time.monotonic()
+    proxy.set_mode(mode)
+    time.sleep(SHORT_OUTAGE)
+    proxy.set_mode(Mode.PASS)
+    time.sleep(LEASE_DURATION + 2)  # past any expiry the outage could have caused
+    short_moves = moves(estate, short_cut, time.monotonic())
+    short_lost = lost()
+    assert lease_transitions(coordination, namespace) == transitions
+    assert short_lost == 0
+    assert holders(coordination, namespace) == owners
+
+    # Beyond the Lease duration: every claim lapses; afterwards exactly one owner each.
+    cut = time.monotonic()
+    proxy.set_mode(mode)
+    time.sleep(LONG_OUTAGE)
+    proxy.set_mode(Mode.PASS)
+    restored = time.monotonic()
+    wait_for_owners(estate, coordination, list(operators), timeout=40)
+    settled = time.monotonic() - restored
+    time.sleep(8 + 3)  # past inactiveAfter: a verdict caused by the outage would show
+    quiet_from = cut + RENEW_DEADLINE + 1.0
+    during = [
+        write.time - cut
+        for exchange in estate.exchanges.values()
+        for write in manager.module_writes(exchange.exchange_id)
+        if quiet_from <= write.time < restored
+    ]
+    last_write = max(
+        write.time - cut
+        for exchange in estate.exchanges.values()
+        for write in manager.module_writes(exchange.exchange_id)
+        if write.time < restored
+    )
+    wrong = false_transitions(estate, manager)
+    intruders = non_holder_writes(estate, manager)
+    unwritten = unwritten_since(estate, manager, restored + settled)
+    long_lost = lost()
+    print(
+        f"\nAPISERVER {mode.value.upper()}: {SHORT_OUTAGE:.0f}s (tolerated "
+        f"{OUTAGE_TOLERANCE:.1f}s): moves {sum(short_moves.values())}, claims lost "
+        f"{short_lost:.0f}; {LONG_OUTAGE:.0f}s: claims lost {long_lost:.0f} of "
+        f"{len(estate.exchanges)}, last Manager write {last_write:.2f}s after the cut (renew "
+        f"deadline {RENEW_DEADLINE:.0f}s), writes after it {len(during)}, one owner each "
+        f"{settled:.1f}s after the apiserver came back; false transitions {len(wrong)}; "
+        f"writes by a non-holder {len(intruders)}; rows not rewritten {len(unwritten)}; "
+        f"fenced writes {fenced(*operators.values())}"
+    )
+    assert long_lost >= len(estate.exchanges)
+    assert during == []
+    assert wrong == []
+    assert intruders == []
+    assert unwritten == []
+    assert all_workers_active(estate, manager)
+    for name, holder in holders(coordination, namespace).items():
+        assert owned(operators, namespace, name) == 1
+        status = get_exchange(kubectl, namespace, name)["status"]
+        assert status["owner"] == holder and status["ownerEpoch"].startswith(f"{holder}/")
