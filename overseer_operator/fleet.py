@@ -51,7 +51,7 @@ from overseer_operator.model import (
 
 # A worker's record: (module_type, status, workload JSON, state, last_seen, last_heartbeat_at,
 # epoch). last_seen is fleet time (the clock minus time paused), last_heartbeat_at clock time (None
-# if only seeded); epoch matches the worker's one live heap entry (-1: in ``_active``, no entry).
+# if only seeded); epoch matches the worker's one live heap entry (-1 while active: no entry).
 _Record = tuple[str, str, str, str, float, float | None, int]
 
 # States as plain strings in records (an enum member is a tracked object: it would keep its tuple
@@ -72,11 +72,9 @@ class Fleet:
         self._workers: dict[str, _Record] = {}
         # Active workers' last_seen, oldest first.
         self._active: OrderedDict[str, float] = OrderedDict()
-        # Heaps of (fleet-time deadline, epoch, hostname), one per state, so that each is ordered
-        # by last_seen: active workers only seeded (their proven silence puts their last_seen
-        # anywhere before the heartbeats' order), inactive ones until offline, offline ones until
-        # forgotten.
-        self._timers: dict[str, list[tuple[float, int, str]]] = _no_timers()
+        # Heaps of (fleet-time deadline, epoch, hostname): inactive workers until offline,
+        # offline ones until forgotten. Two heaps, so each is ordered by last_seen.
+        self._timers: dict[str, list[tuple[float, int, str]]] = {_INACTIVE: [], _OFFLINE: []}
         self._epochs = itertools.count()
         self._counts = dict.fromkeys(WorkerState, 0)
         self._paused_for = 0.0
@@ -109,22 +107,28 @@ class Fleet:
         hostname, module_type, status = heartbeat.hostname, heartbeat.module_type, heartbeat.status
         record = self._workers.get(hostname)
         stored = _stored(heartbeat)
-        if record is None:
-            self._place(hostname, (module_type, status, stored, _ACTIVE, now, at, -1))
-            return Transition(
-                hostname, module_type, None, WorkerState.ACTIVE, heartbeat.workload, at, at
-            )
-        previous = _STATE_OF[record[3]]
-        if record[6] == -1:  # active and heard: in _active
-            self._active.move_to_end(hostname)  # the newest heartbeat
-            self._active[hostname] = now
-            self._workers[hostname] = (module_type, status, stored, _ACTIVE, now, at, -1)
-        else:  # inactive, offline, or active but only seeded: in a heap
+        previous: WorkerState | None = None
+        if record is not None:
+            if record[3] == _ACTIVE:
+                self._active.move_to_end(hostname)  # the newest heartbeat
+                self._active[hostname] = now
+                self._workers[hostname] = (module_type, status, stored, _ACTIVE, now, at, -1)
+                if (record[0], record[1]) == (module_type, status):
+                    return None
+                return Transition(
+                    hostname,
+                    module_type,
+                    WorkerState.ACTIVE,
+                    WorkerState.ACTIVE,
+                    heartbeat.workload,
+                    at,
+                    at,
+                )
+            previous = _STATE_OF[record[3]]
             self._counts[previous] -= 1
-            self._place(hostname, (module_type, status, stored, _ACTIVE, now, at, -1))
+        self._place(hostname, (module_type, status, stored, _ACTIVE, now, at, -1))
+        if record is not None:
             self._drop_stale(record[3])  # its entry in the heap it left is stale now
-        if previous is WorkerState.ACTIVE and (record[0], record[1]) == (module_type, status):
-            return None
         return Transition(
             hostname, module_type, previous, WorkerState.ACTIVE, heartbeat.workload, at, at
         )
@@ -140,17 +144,15 @@ class Fleet:
             deadlines = self._deadlines()
             if not deadlines:
                 return transitions
-            due, heard, state = min(deadlines)
+            due, state = min(deadlines)
             if due > now:
                 return transitions
-            if heard:
+            if state == _ACTIVE:
                 hostname, _ = self._active.popitem(last=False)
                 transitions.append(self._move(hostname, WorkerState.INACTIVE, due, at))
             else:
                 _, _, hostname = heapq.heappop(self._timers[state])
-                if state == _ACTIVE:
-                    transitions.append(self._move(hostname, WorkerState.INACTIVE, due, at))
-                elif state == _INACTIVE:
+                if state == _INACTIVE:
                     transitions.append(self._move(hostname, WorkerState.OFFLINE, due, at))
                 else:
                     del self._workers[hostname]
@@ -175,14 +177,12 @@ class Fleet:
         """Register a worker known from before a restart (a Manager row, the resource's status).
 
         ``shown`` is the state that record shows; ``silent_for`` is a lower bound of how long the
-        worker has provably been silent, None without proof. Without proof the worker gets a full
-        threshold to report (from now, in fleet time); with it, its silence counts (last seen that
-        long ago), so it takes the state its silence earns and a worker already silent before a
-        restart or a takeover is not given a new threshold. Never a better state than the one
-        shown: without a heartbeat nobody comes back. A worker seeded twice keeps the stronger
-        evidence; a worker already heard is left alone (False). The writers are not told: what the
-        records show versus what the fleet now says is for the caller to settle, once verdicts may
-        be given.
+        worker has provably been silent, None without proof. Without proof of ``inactive_after``
+        the worker gets a full threshold to report (from now, in fleet time); with it, it takes the
+        state its silence earns. Never a better state than the one shown: without a heartbeat
+        nobody comes back. A worker seeded twice keeps the stronger evidence; a worker already
+        heard is left alone (False). The writers are not told: what the records show versus what
+        the fleet now says is for the caller to settle, once verdicts may be given.
         """
         existing = self._workers.get(hostname)
         if existing is not None:
@@ -197,14 +197,14 @@ class Fleet:
             silent = max(silent, thresholds.inactive_after)
         if existing is not None:
             silent = max(silent, now - existing[4])
-        # Never from a later time than the first seed: the threshold runs from then at the latest.
-        last_seen = now - silent
         if silent < thresholds.inactive_after:
+            # The full threshold runs from the first time the worker was seeded, not the last.
             state = _ACTIVE
+            last_seen = existing[4] if existing is not None else now
         elif silent < thresholds.offline_after:
-            state = _INACTIVE
+            state, last_seen = _INACTIVE, now - silent
         else:
-            state = _OFFLINE
+            state, last_seen = _OFFLINE, now - silent
         listed = list(workload)
         stored = _compact(listed) if listed else existing[2] if existing is not None else "[]"
         self._place(hostname, (module_type, DEFAULT_STATUS, stored, state, last_seen, None, -1))
@@ -230,9 +230,9 @@ class Fleet:
     def set_thresholds(self, thresholds: Thresholds) -> None:
         """Apply new thresholds; states only move forward, so a longer threshold revives nobody."""
         self._thresholds = thresholds
-        self._timers = _no_timers()
+        self._timers = {_INACTIVE: [], _OFFLINE: []}
         for hostname, record in list(self._workers.items()):
-            if record[6] != -1:  # a deadline in a heap
+            if record[3] != _ACTIVE:
                 self._counts[_STATE_OF[record[3]]] -= 1
                 self._place(hostname, record)
 
@@ -246,12 +246,7 @@ class Fleet:
         worst: list[str] = []
         for state in (_OFFLINE, _INACTIVE):
             worst += self._earliest(state, limit - len(worst))
-        rest = limit - len(worst)
-        heard = ((last_seen, hostname) for hostname, last_seen in self._active.items())
-        seeded = (
-            (self._workers[hostname][4], hostname) for hostname in self._earliest(_ACTIVE, rest)
-        )
-        worst += (hostname for _, hostname in itertools.islice(heapq.merge(heard, seeded), rest))
+        worst += itertools.islice(self._active, limit - len(worst))
         return FleetSnapshot(
             dict(self._counts),
             self._last_heartbeat_at,
@@ -268,8 +263,8 @@ class Fleet:
         """Store ``record`` (epoch aside), count it, and queue its next deadline."""
         module_type, status, workload, state, last_seen, last_heartbeat_at, _ = record
         epoch = -1
-        if state == _ACTIVE and last_heartbeat_at is not None:
-            # Heard now: its last_seen is the newest of all, the end keeps the order.
+        if state == _ACTIVE:
+            # Its last_seen is the fleet's now, the newest of all: the end keeps the order.
             self._active[hostname] = last_seen
         else:
             # A new epoch: a heap entry left behind by a revived worker is stale now.
@@ -291,7 +286,7 @@ class Fleet:
     def _remove(self, hostname: str, record: _Record) -> None:
         del self._workers[hostname]  # its heap entry, if any, is stale now
         self._counts[_STATE_OF[record[3]]] -= 1
-        if record[6] == -1:
+        if record[3] == _ACTIVE:
             del self._active[hostname]
         else:
             self._drop_stale(record[3])
@@ -317,23 +312,21 @@ class Fleet:
         )
 
     def _timer_for(self, state: str, last_seen: float) -> float:
-        if state == _ACTIVE:
-            return last_seen + self._thresholds.inactive_after
         if state == _INACTIVE:
             return last_seen + self._thresholds.offline_after
         return last_seen + self._thresholds.offline_after + self._thresholds.forget_after
 
-    def _deadlines(self) -> list[tuple[float, bool, str]]:
-        """The next deadline in ``_active`` (heard True) and in each heap (False, its state)."""
+    def _deadlines(self) -> list[tuple[float, str]]:
+        """Each state's next deadline, with the state (the active first on a tie)."""
         deadlines = []
         if self._active:
             oldest = next(iter(self._active.values()))
-            deadlines.append((oldest + self._thresholds.inactive_after, True, _ACTIVE))
+            deadlines.append((oldest + self._thresholds.inactive_after, _ACTIVE))
         for state, timers in self._timers.items():
             while timers and not self._live(timers[0]):
                 heapq.heappop(timers)  # left behind by a worker that moved on
             if timers:
-                deadlines.append((timers[0][0], False, state))
+                deadlines.append((timers[0][0], state))
         return deadlines
 
     def _earliest(self, state: str, count: int) -> list[str]:
@@ -353,12 +346,11 @@ class Fleet:
     def _drop_stale(self, state: str) -> None:
         """Rebuild a heap once stale entries outnumber live ones (O(1) amortized): they would
         otherwise linger until due, and slow the walk of ``_earliest``."""
-        timers = self._timers[state]
-        live = self._counts[_STATE_OF[state]] - (len(self._active) if state == _ACTIVE else 0)
-        if len(timers) > 2 * live + 64:
-            entries = [entry for entry in timers if self._live(entry)]
-            heapq.heapify(entries)
-            self._timers[state] = entries
+        timers = self._timers.get(state)
+        if timers is not None and len(timers) > 2 * self._counts[_STATE_OF[state]] + 64:
+            live = [entry for entry in timers if self._live(entry)]
+            heapq.heapify(live)
+            self._timers[state] = live
 
     def _live(self, entry: tuple[float, int, str]) -> bool:
         """Whether a heap entry is its worker's current one (not left behind by a change)."""
@@ -376,10 +368,6 @@ class Fleet:
             status,
             json.loads(workload),
         )
-
-
-def _no_timers() -> dict[str, list[tuple[float, int, str]]]:
-    return {_ACTIVE: [], _INACTIVE: [], _OFFLINE: []}
 
 
 def _stored(heartbeat: Heartbeat) -> str:

@@ -8,8 +8,7 @@ After a restart the fleet is rebuilt from two records, each a lower bound on a w
   one ``refreshInterval`` older than its worker's last heartbeat, while an ``inactive`` row was
   written when its worker had already been silent for ``inactiveAfter``.
 
-Pure functions of their inputs and ``now``; the fleet applies the rules "no proof, full threshold"
-and "proven silence counts against the threshold".
+Pure functions of their inputs and ``now``; the fleet applies the rule "no proof, full threshold".
 """
 
 from __future__ import annotations
