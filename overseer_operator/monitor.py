@@ -256,13 +256,15 @@ class ExchangeMonitor:
         if fenced:  # the Manager writer and the status writer first, the connections after
             await self._tasks.aclose()
         session = self._session
-        if handover and not fenced and session is not None:
+        # A replica that hands over lives on; a deleted exchange's monitor only cleans up.
+        retiring = handover and not fenced and not deleted
+        if retiring and session is not None:
             await self._drain_own_heartbeat(session)
         if session is not None and deleted and not fenced:
             await session.deregister()
         if session is not None:
             await session.close()
-        if handover and not fenced:
+        if retiring:
             # This replica goes on living, only no longer for this exchange: its own row leaves
             # the status and the Manager rather than age out as a silent worker's would.
             self.tracker.forget(self.environment.identity)

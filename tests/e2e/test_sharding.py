@@ -443,10 +443,9 @@ def test_sigterm_then_sigkill_of_an_owner(
     )
     assert graceful < 10.0
     assert takeover <= LEASE_DURATION + FAILURE_RETRY + 5.0
-    # Inactive by its threshold plus what its proof of silence could not show (the Manager row
-    # refreshed every 2 s, written up to 2 s after a heartbeat; the skew bound of 1 s), never
-    # before it: not a new threshold from the takeover.
-    assert -1.0 <= late_by <= 2.0 + 2.0 + 1.0 + 2.0
+    # Inactive by its threshold plus the takeover gap and the successor's start (seed, connect,
+    # backlog): without proof of a whole threshold the successor gives a full one. Never early.
+    assert -1.0 <= late_by <= takeover + 4.0
     assert wrong == []
     assert retired  # it owned exchanges, and registered itself on each
     for calls in retired.values():
@@ -517,6 +516,7 @@ def test_racing_replicas_a_deleted_lease_and_an_exchange_deleted_mid_handover(
     assert fenced(other) == 0
 
 
+@pytest.mark.proofs  # not in the default run: see pyproject.toml and issue 10's note
 def test_an_owner_cut_off_from_the_apiserver_stops_writing_before_another_acquires(
     apiserver_proxy, kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
 ):
@@ -591,6 +591,7 @@ SHORT_OUTAGE, LONG_OUTAGE = 2.0, 1.5 * LEASE_DURATION
 
 
 @pytest.mark.parametrize("mode", [Mode.REFUSE, Mode.BLACKHOLE], ids=lambda mode: mode.value)
+@pytest.mark.proofs  # not in the default run: see pyproject.toml and issue 10's note
 def test_apiserver_down_within_the_tolerance_and_beyond_the_lease_duration(
     mode, apiserver_proxy, kubectl, namespace, manager, amqp_url, estate, start_operator,
     coordination,
