@@ -92,7 +92,7 @@ class Session:
         self._reconciling = False
         self._publishing = False
         self._own_heartbeat_stopped = False
-        self.own_heartbeat_sent_at: float | None = None  # loop time of the last one sent
+        self._own_heartbeat_sent_at: float | None = None  # loop time of the last one confirmed
 
     def start(self, *, list_modules_first: bool) -> None:
         """Connect in the background; with ``list_modules_first`` the Manager's list is read (or
@@ -162,7 +162,7 @@ class Session:
             if not self._own_heartbeat_stopped:
                 started = asyncio.get_running_loop().time()
                 await consumer.publish(target, routing_key, body)
-                self.own_heartbeat_sent_at = started  # confirmed by the broker: it is queued
+                self._own_heartbeat_sent_at = started  # confirmed by the broker: it is queued
 
         self._tasks.spawn(
             "own-heartbeat",
@@ -223,7 +223,7 @@ class Session:
     def stop_own_heartbeat(self) -> float | None:
         """Publish no more own heartbeats; the loop time the last one was sent (None: none was)."""
         self._own_heartbeat_stopped = True
-        return self.own_heartbeat_sent_at
+        return self._own_heartbeat_sent_at
 
     async def deregister(self) -> None:
         """Take the operator's own row out of the exchange (best effort): the resource is gone, or
