@@ -458,6 +458,7 @@ def test_sigterm_then_sigkill_of_an_owner(
     assert fenced(*alive) == 0
 
 
+@pytest.mark.proofs  # its Lease clean-up after a deletion mid-handover is late at times
 @pytest.mark.parametrize("estate", [1], indirect=True)
 def test_racing_replicas_a_deleted_lease_and_an_exchange_deleted_mid_handover(
     kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
