@@ -117,6 +117,17 @@ class HeartbeatConsumer:
         self.connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._acks: AckBatcher | None = None
+        self._halted = False
+
+    def halt(self) -> None:
+        """Handle and settle no delivery from now on, at once (synchronously): this replica lost
+        the exchange. What was handled but not acked yet, and whatever is delivered until the
+        connection closes, goes back to the queue for the next owner to read, so no heartbeat
+        is consumed without being written by someone."""
+        self._halted = True
+        acks, self._acks = self._acks, None
+        if acks is not None:
+            acks.discard()
 
     def _report(self, state: BrokerState, message: str) -> None:
         status = BrokerStatus(state, message)
@@ -188,7 +199,8 @@ class HeartbeatConsumer:
         # Before the first delivery can arrive: the backlog is counted from here.
         self._on_queue(QueueReading(waiting, 0, started=True))
         underlay = await self._channel.get_underlay_channel()
-        self._acks = AckBatcher(underlay, max(1, self._prefetch // 4))
+        if not self._halted:
+            self._acks = AckBatcher(underlay, max(1, self._prefetch // 4))
         # A plain callable: aiormq wraps it with ``awaitable()``, so no task is made per message.
         await underlay.basic_consume(self._queue_name, self._on_message)  # type: ignore[arg-type]
         self._report(BrokerState.CONSUMING, f"consuming queue {self._queue_name!r}")
@@ -292,8 +304,11 @@ class AckBatcher:
         self._pending = 0
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._discarded = False
 
     def ack(self, tag: int) -> None:
+        if self._discarded:
+            return
         self._acked_up_to = tag
         self._pending += 1
         if self._pending >= self._batch:
@@ -302,8 +317,19 @@ class AckBatcher:
             self._timer = asyncio.get_running_loop().call_later(self._delay, self.flush)
 
     def reject(self, tag: int, *, requeue: bool) -> None:
+        if self._discarded:
+            return
         self.flush()
         self._send(self.channel.basic_reject(tag, requeue=requeue))
+
+    def discard(self) -> None:
+        """Forget the acks not sent yet, and settle nothing from now on: the broker redelivers
+        those messages once the channel closes."""
+        self._discarded = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._acked_up_to, self._pending = 0, 0
 
     def flush(self) -> None:
         if self._timer is not None:

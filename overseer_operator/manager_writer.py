@@ -90,6 +90,7 @@ class ManagerWriter:
         self._written_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._sequence = itertools.count()
+        self._halted = False
 
     @property
     def pending(self) -> int:
@@ -100,6 +101,13 @@ class ManagerWriter:
         """Whether a write for ``hostname`` is still owed (or in flight)."""
         owed = self._owed.get(hostname)
         return owed is not None and bool(owed[2])
+
+    def halt(self) -> None:
+        """Start no Manager call from now on (one already sent may still land): another replica
+        may own the exchange. What is owed stays owed, for nobody: the next owner derives its
+        writes from the evidence again."""
+        self._halted = True
+        self._wake.set()
 
     def attach(self, client: ManagerClient) -> None:
         """Write with ``client`` from now on (a new session's credentials)."""
@@ -174,7 +182,7 @@ class ManagerWriter:
         await asyncio.gather(*(self._work() for _ in range(self._concurrency)))
 
     async def _work(self) -> None:
-        while True:
+        while not self._halted:
             if not self._ready:
                 self._wake.clear()
                 await self._wake.wait()
@@ -198,6 +206,8 @@ class ManagerWriter:
         sequence, operation = operations[0]
         try:
             async with write_slots():  # operator-wide; never held across a backoff wait
+                if self._halted:  # while waiting for a slot
+                    return
                 await self._call(hostname, module_type, workload, operation)
         except ManagerRejected as error:
             if error.status == 404 and operation != "delete":

@@ -115,6 +115,7 @@ class ExchangeMonitor:
         self._manager_read: Verdict | None = None
         self._manager_write: Verdict | None = None
         self._stopping = False
+        self._halted = False
         self._session: Session | None = None
         self._session_started_at = 0.0
         self._listed_modules = False
@@ -185,6 +186,8 @@ class ExchangeMonitor:
         return False
 
     async def _reconcile_session(self, spec: ExchangeSpec) -> None:
+        if self._halted:
+            return
         if not self._session_needs_renewal(spec):
             if self._session is not None:
                 self._session.spec = spec  # thresholds and the like apply in place
@@ -236,6 +239,21 @@ class ExchangeMonitor:
         self._session_started_at = self._loop.time()
         self._session.start(list_modules_first=not self._listed_modules)
         self.status_writer.mark_dirty()
+
+    def halt(self) -> None:
+        """This replica lost the exchange (its renew deadline passed, or a status write was
+        fenced): stop consuming, writing and judging at once, synchronously, not when the daemon
+        next looks at its stop flag. Heartbeats handled but not acked yet go back to the queue,
+        so the next owner reads every heartbeat this one did not write: a worker's silence is
+        never inferred from rows this replica stopped refreshing while it still consumed."""
+        self.on_broker_status(
+            BrokerStatus(BrokerState.CONNECTING, "this replica no longer owns the exchange")
+        )
+        self._halted = True
+        self.writer.halt()
+        self.status_writer.halt()
+        if self._session is not None:
+            self._session.halt()
 
     async def _close_session(self, why: str) -> None:
         """Stop consuming first (verdicts are held from here), then close the connections."""
@@ -310,7 +328,8 @@ class ExchangeMonitor:
         self.tracker.handle_message(body)
 
     def on_broker_status(self, status: BrokerStatus) -> None:
-        self.tracker.on_broker_status(status)
+        if not self._halted:  # once halted, verdicts stay held whatever the consumer says
+            self.tracker.on_broker_status(status)
 
     def on_queue_reading(self, reading: QueueReading) -> None:
         self.tracker.on_queue_reading(reading)

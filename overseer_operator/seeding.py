@@ -8,6 +8,12 @@ After a restart the fleet is rebuilt from two records, each a lower bound on a w
   one ``refreshInterval`` older than its worker's last heartbeat, while an ``inactive`` row was
   written when its worker had already been silent for ``inactiveAfter``.
 
+A row's age is proof of silence only while its writer could write: a previous owner whose
+Manager writes were failing (its last status says ``ManagerSynced=False`` since some moment) went
+on consuming heartbeats it could not write, so its rows prove silence up to that moment only.
+Heartbeats after the writer stopped consuming wait in the queue, which is drained before any
+verdict; that is why a replica that loses an exchange stops consuming at once (``halt``).
+
 Pure functions of their inputs and ``now``; the fleet applies the rule "no proof, full threshold".
 """
 
@@ -19,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from overseer_operator.manager_client import ModuleRecord
-from overseer_operator.model import WorkerState
+from overseer_operator.model import ConditionType, WorkerState
 from overseer_operator.times import parse_time
 
 
@@ -59,14 +65,33 @@ def from_status_module(
     return Evidence(hostname, module.get("type") or "unknown", shown, silent_for)
 
 
+def manager_writes_failing_since(status: Mapping[str, Any]) -> datetime | None:
+    """When the previous owner's Manager writes started failing, if its last status says they
+    still were (``ManagerSynced=False``); None otherwise."""
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == ConditionType.MANAGER_SYNCED:
+            if condition.get("status") != "False":
+                return None
+            since = parse_time(condition.get("lastTransitionTime"))
+            return since or datetime.min.replace(tzinfo=UTC)  # no time: the rows prove nothing
+    return None
+
+
 def from_manager_row(
-    row: ModuleRecord, now: datetime, inactive_after: float, refresh_interval: float
+    row: ModuleRecord,
+    now: datetime,
+    inactive_after: float,
+    refresh_interval: float,
+    written_until: datetime | None = None,
 ) -> Evidence:
-    """One Manager module row; rows other than ``inactive`` count as active, as the legacy did."""
+    """One Manager module row; rows other than ``inactive`` count as active, as the legacy did.
+    ``written_until``: when the rows' writer stopped being able to write (None: it never did);
+    the row's age beyond that moment proves nothing."""
     shown = WorkerState.INACTIVE if row.status == "inactive" else WorkerState.ACTIVE
     silent_for = None
     if row.updated_at is not None:
-        age = seconds_since(row.updated_at, now)
+        until = now if written_until is None else min(now, written_until)
+        age = max(0.0, seconds_since(row.updated_at, until))
         bound = age + inactive_after if shown is WorkerState.INACTIVE else age - refresh_interval
         silent_for = max(0.0, bound)
     return Evidence(row.hostname, row.type, shown, silent_for, list(row.workload or []))

@@ -93,6 +93,7 @@ class Session:
         self._publishing = False
         self._own_heartbeat_stopped = False
         self._own_heartbeat_sent_at: float | None = None  # loop time of the last one confirmed
+        self._halted = False
 
     def start(self, *, list_modules_first: bool) -> None:
         """Connect in the background; with ``list_modules_first`` the Manager's list is read (or
@@ -115,6 +116,8 @@ class Session:
             self._reconciling = True
         if self._consumer is None:
             self._consumer = await self._consumer_for_spec()
+            if self._halted:
+                self._consumer.halt()
             self._tasks.spawn("consumer", self._consumer.run)
         if not self._publishing:
             await self._publish_own_heartbeat(self._consumer)
@@ -219,6 +222,13 @@ class Session:
                 )
                 return result
             await backoff.wait()
+
+    def halt(self) -> None:
+        """Consume and publish nothing more, at once: another replica may own the exchange."""
+        self._halted = True
+        self.stop_own_heartbeat()
+        if self._consumer is not None:
+            self._consumer.halt()
 
     def stop_own_heartbeat(self) -> float | None:
         """Publish no more own heartbeats; the loop time the last one was sent (None: none was)."""

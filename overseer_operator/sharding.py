@@ -68,6 +68,8 @@ class Claim:
         self.acquired = asyncio.Event()
         self.step_down = asyncio.Event()
         self.lock = asyncio.Lock()
+        # Called synchronously the moment the claim is lost: the running monitor's ``halt``.
+        self.on_lost: Callable[[], None] | None = None
 
     @property
     def involved(self) -> dict[str, str]:
@@ -500,6 +502,8 @@ class Coordinator:
         if not claim.held:
             return
         claim.held, claim.lost = False, True
+        if claim.on_lost is not None:
+            claim.on_lost()
         claim.acquired.clear()
         claim.step_down.set()
         metrics.EXCHANGE_OWNED.labels(claim.namespace, claim.name).set(0)
@@ -533,6 +537,7 @@ class Coordinator:
         self._last_handover_at = self._clock()
         metrics.EXCHANGE_OWNED.labels(claim.namespace, claim.name).set(0)
         metrics.OWNERSHIP_CHANGES.labels(claim.namespace, claim.name, "released").inc()
+        logger.info("%s/%s: released the exchange", claim.namespace, claim.name)
         self._event(claim, "Normal", "OwnerReleased", f"{self.identity} released the exchange")
         self._wake.set()
 
@@ -641,6 +646,7 @@ async def claim_status(
 
 class Monitor(Protocol):
     async def run(self, stopped: Any) -> None: ...
+    def halt(self) -> None: ...
 
 
 MonitorFactory = Callable[[Mapping[str, Any], str, Callable[[], None]], Monitor]
@@ -682,9 +688,11 @@ async def monitor_while_owned(
                 continue
             monitor = make_monitor(seed, str(claim.epoch), claim.fence)
             monitors[namespace, name] = monitor
+            claim.on_lost = monitor.halt
             try:
                 await monitor.run(StepDown(stopped, claim, coordinator.on_daemon_stop))
             finally:
+                claim.on_lost = None
                 monitors.pop((namespace, name), None)
             if stopped:
                 break

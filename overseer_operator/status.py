@@ -128,6 +128,12 @@ class StatusWriter:
         self.on_fenced: Callable[[], None] = lambda: None
         self._written: dict[str, Any] | None = None
         self._written_at = float("-inf")
+        self._halted = False
+
+    def halt(self) -> None:
+        """Write nothing more (the epoch test would refuse it anyway, once a successor took the
+        status over; before that, nothing may be written either)."""
+        self._halted = True
 
     def mark_dirty(self) -> None:
         self._dirty.set()
@@ -143,6 +149,8 @@ class StatusWriter:
         """One write attempt if the status changed (with ``fresh``, heartbeat times and the
         active workers listed count too: the last status before a handover is the next owner's
         evidence); True if a patch was sent and accepted."""
+        if self._halted:
+            return False
         loop = asyncio.get_running_loop()
         status = self._render()
         if not (self._due(status, loop.time()) or (fresh and status != self._written)):

@@ -83,6 +83,9 @@ class FleetTracker:
         self._shown: dict[str, WorkerState] = {}
         self._evidence: dict[str, seeding.Evidence] = {}
         self._heard_wall: dict[str, datetime] = {}
+        # When the previous owner's Manager writes started failing (its last status said so):
+        # the rows it left prove silence only up to then.
+        self._rows_written_until: datetime | None = None
         self._reject_log = RateLimiter(5, 60.0, clock)
         self._transition_log = RateLimiter(TRANSITION_LOGS_PER_MINUTE, 60.0, clock)
         self._wake = asyncio.Event()
@@ -236,6 +239,9 @@ class FleetTracker:
     def seed_from_status(self, status: Mapping[str, Any]) -> None:
         """Workers the previous operator reported; the Manager's rows, read next, weigh more."""
         now = self._evidence_clock()
+        failing_since = seeding.manager_writes_failing_since(status)
+        if failing_since is not None:
+            self._rows_written_until = failing_since - timedelta(seconds=self.clock_skew)
         for module in status.get("modules") or ():
             evidence = seeding.from_status_module(module, now, defaults.STATUS_REFRESH_INTERVAL)
             if evidence is not None:
@@ -252,7 +258,9 @@ class FleetTracker:
         for row in rows:
             if self.writer.owes(row.hostname):
                 continue  # a write is on its way: the row is about to change anyway
-            evidence = seeding.from_manager_row(row, now, inactive_after, self.refresh_interval)
+            evidence = seeding.from_manager_row(
+                row, now, inactive_after, self.refresh_interval, self._rows_written_until
+            )
             known = self.fleet.get(evidence.hostname)
             if known is None or known.last_heartbeat_at is None:
                 self._seed(evidence, now)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures.operator import (
     REPO,
+    Workers,
     apply_exchange,
     condition,
     eventually,
@@ -94,6 +95,76 @@ def test_restart_finds_dead_workers_and_spares_live_ones(
     assert manager_calls(manager, exchange.exchange_id, "live-1") == []
     assert manager_states(manager, exchange.exchange_id)["live-1"] == "active"
     assert restarted.alive()
+
+
+def test_a_restart_after_a_manager_outage_longer_than_the_thresholds_flips_nobody(
+    kubectl, namespace, manager, exchange, start_operator, amqp_url
+):
+    """The Manager refuses every module write for longer than offlineAfter while the operator
+    consumes (and acks) every heartbeat; the operator restarts before it could write them. The
+    rows are then older than offlineAfter, but they prove no silence: the old status says the
+    writes were failing since then (ManagerSynced=False), so the new process gives every worker
+    not yet heard again a full threshold. Workers beat every 4 s, so some are not in the
+    backlog of the 2-3 s restart; before the fix they were DELETEd as offline."""
+    hosts = [f"live-{index}" for index in range(6)]
+    workers = Workers(amqp_url, exchange, interval=4.0)
+    try:
+        workers.alive.update(dict.fromkeys(hosts, "builder"))
+        apply_exchange(
+            kubectl,
+            namespace,
+            "outage",
+            exchange,
+            thresholds={"inactiveAfter": "10s", "offlineAfter": "20s"},
+            manager={"refreshInterval": "1s"},
+        )
+        operator = start_operator(namespace)
+        eventually(
+            lambda: all(
+                manager_states(manager, exchange.exchange_id).get(host) == "active"
+                for host in hosts
+            ),
+            timeout=60,
+            what="workers registered",
+        )
+        manager.fail_next(10**6, 503, "POST", f"/messaging/exchanges/{exchange.exchange_id}/")
+        failing = time.monotonic()
+        eventually(
+            lambda: (
+                condition(get_exchange(kubectl, namespace, "outage"), "ManagerSynced")["status"]
+                == "False"
+            ),
+            timeout=30,
+            what="ManagerSynced=False",
+        )
+        time.sleep(max(0.0, failing + 23 - time.monotonic()))  # rows older than offlineAfter
+        operator.stop()
+        manager.clear_faults()
+        restarted_at = time.monotonic()
+        restarted = start_operator(namespace, identity="overseer-e2e-2")
+        eventually(
+            lambda: (
+                condition(get_exchange(kubectl, namespace, "outage"), "Ready")["status"] == "True"
+            ),
+            timeout=60,
+            what="Ready after the restart",
+        )
+        time.sleep(12)  # longer than inactiveAfter: a verdict from the stale rows would show
+        after = {
+            host: [
+                (method, status)
+                for at, method, status in manager_writes(manager, exchange.exchange_id, host)
+                if at >= restarted_at
+            ]
+            for host in hosts
+        }
+        assert {host: set(calls) for host, calls in after.items()} == {
+            host: {("POST", "active")} for host in hosts
+        }
+        assert restarted.metric("overseer_worker_transitions_total", state="inactive") == 0
+        assert restarted.metric("overseer_worker_transitions_total", state="offline") == 0
+    finally:
+        workers.close()
 
 
 def rabbitmqctl(*args: str) -> None:

@@ -74,7 +74,9 @@ class Estate:
     exchanges: dict[str, Exchange]  # resource name -> exchange
     workers: dict[str, Workers]
     uids: dict[str, str] = field(default_factory=dict)
-    samples: list[tuple[float, dict[str, str]]] = field(default_factory=list)
+    # (when the read started, when it returned, holder per exchange): the state read is from
+    # some moment between the two.
+    samples: list[tuple[float, float, dict[str, str]]] = field(default_factory=list)
 
     def hosts(self, name: str) -> list[str]:
         return [f"{name}-w{index}" for index in range(2)]
@@ -134,7 +136,9 @@ def estate(
         while not stop.is_set():
             # The apiserver may be briefly unreachable: then there is no sample.
             with contextlib.suppress(Exception):
-                built.samples.append((time.monotonic(), holders(coordination, namespace)))
+                started = time.monotonic()
+                seen = holders(coordination, namespace)
+                built.samples.append((started, time.monotonic(), seen))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -182,7 +186,7 @@ def moves(estate: Estate, since: float, until: float) -> dict[str, int]:
     """Per exchange, how many times its holder changed to another replica in that window."""
     result = dict.fromkeys(estate.exchanges, 0)
     last: dict[str, str] = {}
-    for moment, seen in estate.samples:
+    for moment, _, seen in estate.samples:
         if not since <= moment <= until:
             continue
         for name, holder in seen.items():
@@ -196,7 +200,7 @@ def moves(estate: Estate, since: float, until: float) -> dict[str, int]:
 def unowned_gaps(estate: Estate, since: float) -> list[float]:
     """How long each release stayed without a holder (sampled every 0.2 s)."""
     gaps, released_at = [], {}
-    for moment, seen in estate.samples:
+    for moment, _, seen in estate.samples:
         if moment < since:
             continue
         for name, holder in seen.items():
@@ -274,7 +278,7 @@ def takeover(estate: Estate, name: str, old: str, since: float) -> tuple[float, 
     """(the last sample still naming ``old``, the first naming another) after ``since``: the
     other acquired the Lease between the two (a sample's moment is taken before its read)."""
     still = since
-    for moment, seen in estate.samples:
+    for moment, _, seen in estate.samples:
         holder = seen.get(name, "")
         if moment < since or not holder:
             continue
@@ -285,14 +289,17 @@ def takeover(estate: Estate, name: str, old: str, since: float) -> tuple[float, 
 
 
 def non_holder_writes(estate: Estate, manager: ManagerEmulator) -> list[tuple[str, str, float]]:
-    """Manager writes by a replica that held the Lease neither at the sample before the write
-    nor at the one after it (exchange, replica, time)."""
+    """Manager writes by a replica that held the Lease neither at the last sample read wholly
+    before the write nor at the first read wholly after it (exchange, replica, time). A read
+    in flight when the write arrived may show the state before or after it, so it proves
+    nothing either way (comparing the write with the read's start once blamed a holder's last
+    write, sent before its release, on a read that returned after the release)."""
     wrong = []
     for name, exchange in estate.exchanges.items():
-        timeline = [(moment, seen.get(name, "")) for moment, seen in estate.samples]
+        timeline = [(started, ended, seen.get(name, "")) for started, ended, seen in estate.samples]
         for write in manager.module_writes(exchange.exchange_id):
-            before = [holder for moment, holder in timeline if moment <= write.time][-1:]
-            after = [holder for moment, holder in timeline if moment > write.time][:1]
+            before = [holder for _, ended, holder in timeline if ended <= write.time][-1:]
+            after = [holder for started, _, holder in timeline if started >= write.time][:1]
             if before and after and write.client not in before + after:
                 wrong.append((name, str(write.client), write.time))
     return wrong

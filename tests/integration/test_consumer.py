@@ -174,6 +174,35 @@ async def test_the_start_up_backlog_is_reported_before_the_first_delivery(
     assert readings == [(25, 0)]
 
 
+async def test_a_halted_consumer_leaves_every_unacked_heartbeat_for_the_next_owner(
+    amqp_url: str, amqp_topology: Callable[..., AmqpTopology]
+) -> None:
+    """A replica that loses an exchange halts its consumer from inside a delivery's handling
+    (the renew deadline passed): the heartbeats it handled but had not acked yet, and those
+    delivered after, are read again by the next consumer, so none is lost to a replica that
+    can no longer write what it read."""
+    topology = amqp_topology()
+    for index in range(6):
+        await publish(amqp_url, topology, f"beat {index}".encode())
+    first = Recorder()
+    consumer = HeartbeatConsumer([amqp_url], topology.queue, 40, first.handle, first.on_state)
+
+    def handle(body: bytes) -> None:
+        first.handle(body)
+        if len(first.bodies) == 3:
+            consumer.halt()
+
+    consumer._handle = handle  # the halt comes from inside the delivery, as in the operator
+    async with consuming(consumer):
+        await until(lambda: len(first.bodies) == 3)
+        await asyncio.sleep(0.5)  # ten times the ack delay: nothing may be acked meanwhile
+    assert first.bodies == [f"beat {index}".encode() for index in range(3)]
+    successor = Recorder()
+    async with consuming(successor.consumer([amqp_url], topology.queue)):
+        await until(lambda: len(successor.bodies) == 6)
+    assert sorted(successor.bodies) == [f"beat {index}".encode() for index in range(6)]
+
+
 async def until_connection_listed(api: RabbitMQManagement, name: str) -> None:
     async with asyncio.timeout(30):
         while not any(  # noqa: ASYNC110 - the management API is polled

@@ -78,3 +78,17 @@ async def test_a_closed_channel_is_not_an_error() -> None:
     acks.ack(1)
     acks.reject(2, requeue=True)
     await acks.aclose()  # the broker redelivers whatever was not settled
+
+
+@pytest.mark.looptime
+async def test_discarded_acks_are_never_sent_nor_any_later_one() -> None:
+    channel = RecordingChannel()
+    acks = AckBatcher(channel, batch=3, delay=0.05)  # type: ignore[arg-type]
+    acks.ack(1)
+    acks.ack(2)
+    acks.discard()  # the replica lost the exchange: 1 and 2 go back to the queue
+    acks.ack(3)  # a delivery handled while the discard happened
+    acks.reject(4, requeue=False)
+    await asyncio.sleep(1)
+    await acks.aclose()
+    assert channel.frames == []

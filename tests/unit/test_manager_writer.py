@@ -180,3 +180,16 @@ async def test_refreshes_after_a_mass_registration_are_spread_evenly(
     for times in refreshed_at.values():
         assert all(later - earlier >= 300 for earlier, later in itertools.pairwise(times))
         assert len(times) == 2  # the first, then one interval later
+
+
+async def test_a_halted_writer_starts_no_call_even_for_what_it_still_owes(writer, manager_emulator):
+    """The replica lost the exchange: from the halt on, nothing more goes to the Manager, not
+    even what was already owed (the next owner derives its writes from the evidence again)."""
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    await settled(writer)
+    writer.halt()
+    writer.apply(transition("w1", WorkerState.ACTIVE, WorkerState.INACTIVE))
+    writer.apply(transition("w2", None, WorkerState.ACTIVE))
+    await asyncio.sleep(0.3)
+    assert writes(manager_emulator) == [("POST", "w1", "active")]
+    assert writer.pending == 2

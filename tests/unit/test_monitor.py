@@ -101,3 +101,19 @@ async def test_both_wire_formats_count_and_garbage_is_rejected(monitor):
         if sample.name.endswith("_total") and sample.labels["name"] == "mx"
     ]
     assert sum(sample.value for sample in rejected) == 1
+
+
+@pytest.mark.looptime
+async def test_a_lost_exchange_is_halted_at_once_and_judges_nobody_after(monitor):
+    """The claim's loss calls ``halt`` synchronously (sharding.Coordinator.lose): verdicts are
+    held from that moment, whatever the consumer reports until its connection is closed, and
+    neither writer sends anything more."""
+    consuming(monitor)
+    monitor.handle_message(encode_etf(Heartbeat("w1", "builder", "active", [])))
+    monitor.halt()
+    assert not monitor.tracker.verdicts_allowed
+    monitor.on_broker_status(BrokerStatus(BrokerState.CONSUMING, "a late report"))
+    await asyncio.sleep(3600)
+    assert monitor.tracker.fleet.sweep() == []
+    assert monitor.tracker.fleet.get("w1").state is WorkerState.ACTIVE
+    assert await monitor.status_writer.write_if_due(fresh=True) is False

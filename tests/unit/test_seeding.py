@@ -10,7 +10,11 @@ import pytest
 from overseer_operator.fleet import Fleet
 from overseer_operator.manager_client import ModuleRecord
 from overseer_operator.model import Thresholds, WorkerState
-from overseer_operator.seeding import from_manager_row, from_status_module
+from overseer_operator.seeding import (
+    from_manager_row,
+    from_status_module,
+    manager_writes_failing_since,
+)
 from tests.fakes import FakeClock
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -95,3 +99,60 @@ def test_a_status_entry_without_a_usable_time_proves_only_its_state(time):
     )
     assert evidence is not None
     assert (evidence.shown, evidence.silent_for) == (WorkerState.INACTIVE, None)
+
+
+def test_rows_prove_silence_only_while_their_writer_could_write():
+    """The previous owner's Manager writes failed from 20 minutes ago: it went on consuming and
+    acking heartbeats it could not write, so a 30-minute-old row proves 30 - 20 - 5 = 5 minutes,
+    not 25 (which would have been an offline verdict on a worker that may well be beating)."""
+    since = NOW - timedelta(minutes=20)
+    evidence = from_manager_row(
+        row("active", 30), NOW, PRODUCTION.inactive_after, REFRESH, written_until=since
+    )
+    assert evidence.silent_for == pytest.approx(5 * MINUTE)
+    assert seeded_state(evidence.silent_for, evidence.shown) is WorkerState.ACTIVE
+    inactive = from_manager_row(
+        row("inactive", 25), NOW, PRODUCTION.inactive_after, REFRESH, written_until=since
+    )
+    assert inactive.silent_for == pytest.approx(15 * MINUTE)  # 10 when written, 5 more proven
+    # A row written after the writes started failing (one went through) proves what it shows.
+    late = from_manager_row(
+        row("inactive", 2), NOW, PRODUCTION.inactive_after, REFRESH, written_until=since
+    )
+    assert late.silent_for == pytest.approx(10 * MINUTE)
+
+
+@pytest.mark.parametrize(
+    ("conditions", "expected"),
+    [
+        ([], None),
+        (
+            [
+                {
+                    "type": "ManagerSynced",
+                    "status": "True",
+                    "lastTransitionTime": "2026-11-27T11:00:00Z",
+                }
+            ],
+            None,
+        ),
+        (
+            [
+                {
+                    "type": "ManagerSynced",
+                    "status": "False",
+                    "lastTransitionTime": "2026-11-27T11:40:00Z",
+                }
+            ],
+            datetime(2026, 11, 27, 11, 40, tzinfo=UTC),
+        ),
+        # False without a usable time: the rows prove nothing at all.
+        ([{"type": "ManagerSynced", "status": "False"}], datetime.min.replace(tzinfo=UTC)),
+        (
+            [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-11-27T11:40:00Z"}],
+            None,
+        ),
+    ],
+)
+def test_the_previous_owners_failing_manager_writes_are_read_from_its_status(conditions, expected):
+    assert manager_writes_failing_since({"conditions": conditions}) == expected

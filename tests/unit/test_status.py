@@ -345,3 +345,14 @@ async def test_a_fresh_write_includes_heartbeat_times_at_once(kube, rendered):
     assert await writer.write_if_due(fresh=True)
     assert kube.patches[-1]["modules"][0]["lastHeartbeatTime"] == "2030-05-17T12:00:10Z"
     assert not await writer.write_if_due(fresh=True)  # nothing new: nothing written
+
+
+@pytest.mark.looptime
+async def test_a_halted_writer_writes_nothing_more_not_even_a_fresh_final_status(kube, rendered):
+    writer = StatusWriter(kube, "ns", "st", rendered, refresh_interval=60.0)
+    assert await writer.write_if_due() is True
+    writer.halt()  # this replica lost the exchange
+    rendered.count = 7
+    assert await writer.write_if_due() is False
+    assert await writer.write_if_due(fresh=True) is False
+    assert len(kube.patches) == 1

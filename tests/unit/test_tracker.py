@@ -381,6 +381,36 @@ def test_evidence_from_status_and_rows_keeps_the_oldest_proof(harness):
     assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=25)
 
 
+def test_rows_left_while_the_manager_writes_failed_do_not_prove_the_outage_as_silence(harness):
+    """The previous owner could not write to the Manager for the last 20 minutes before it
+    stopped (its status says so) while it consumed every heartbeat: its 25-minute-old rows
+    must not turn the beating fleet offline on the restart."""
+    tracker = harness.tracker
+    failing_since = (WALL0 - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tracker.seed_from_status(
+        {
+            "conditions": [
+                {
+                    "type": "ManagerSynced",
+                    "status": "False",
+                    "reason": "ManagerUnreachable",
+                    "lastTransitionTime": failing_since,
+                }
+            ]
+        }
+    )
+    tracker.on_manager_rows([row("w1", "active", WALL0 - timedelta(minutes=25))])
+    harness.consume()
+    assert harness.verdicts() == []
+    assert harness.state("w1") is ACTIVE
+    harness.clocks.advance(599)
+    harness.sweep()
+    assert harness.verdicts() == []  # a full threshold: no proof of silence
+    harness.clocks.advance(2)
+    harness.sweep()
+    assert harness.verdicts() == [("w1", ACTIVE, INACTIVE)]
+
+
 # The sweeper loop
 
 
