@@ -70,6 +70,10 @@ class Claim:
         self.lock = asyncio.Lock()
         # Called synchronously the moment the claim is lost: the running monitor's ``halt``.
         self.on_lost: Callable[[], None] | None = None
+        # The daemon has stopped: a Lease acquired from now on is given back at once (deleted,
+        # if the exchange is ``gone``), not held by a replica that no longer monitors it.
+        self.retired = False
+        self.gone = False
 
     @property
     def involved(self) -> dict[str, str]:
@@ -102,7 +106,11 @@ class Claim:
         """Until nobody holds the Lease (deleted, released or expired), or ``seconds``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while loop.time() < deadline and self._coordinator.holder(self.lease_name):  # noqa: ASYNC110
+        while (  # noqa: ASYNC110
+            loop.time() < deadline
+            and not self.held  # acquired by this replica meanwhile: its own clean-up, then
+            and self._coordinator.holder(self.lease_name)
+        ):
             await asyncio.sleep(0.2)
 
 
@@ -221,7 +229,9 @@ class Coordinator:
     # --- what the daemons use ---------------------------------------------------------------
 
     def register(self, uid: str, namespace: str, name: str) -> Claim:
-        claim = self.claims.get(uid) or Claim(self, uid, namespace, name)
+        claim = self.claims.get(uid)
+        if claim is None or claim.retired:
+            claim = Claim(self, uid, namespace, name)
         self.claims[uid] = claim
         self._absent_since.setdefault(uid, self._clock())
         self._wake.set()
@@ -407,7 +417,7 @@ class Coordinator:
 
     async def _acquire(self, claim: Claim) -> None:
         async with claim.lock:
-            if claim.held:
+            if claim.held or claim.retired:
                 return
             current = self.records.get(claim.lease_name)
             started, wall = self._clock(), self._wall()
@@ -432,6 +442,13 @@ class Coordinator:
                 return
             metrics.LEASE_CALLS.labels("acquire", "success").inc()
             self._see(written)
+            if claim.retired:  # the daemon stopped during the PUT: nobody would renew it
+                with contextlib.suppress(KubeApiError):
+                    if claim.gone:
+                        await self.api.delete(written)
+                    else:
+                        self._see(await self.api.replace(written.released()))
+                return
             claim.record, claim.held, claim.lost, claim.handing_over = written, True, False, False
             claim.renewed_at = started
             claim.next_renew_at = started + self._renew_interval()
@@ -699,11 +716,13 @@ async def monitor_while_owned(
             if not claim.lost:
                 await claim.release()
     finally:
-        if deleted():
-            if claim.held:
-                await claim.delete_lease()
-            else:  # the holder does the clean-up; kopf's finalizer goes after it
-                await claim.wait_released(max(1.0, graceful_stop - 3.0))
-        elif claim.held:
+        gone = deleted()
+        if gone and not claim.held:  # the holder does the clean-up; kopf's finalizer goes after it
+            await claim.wait_released(max(1.0, graceful_stop - 3.0))
+        claim.retired, claim.gone = True, gone
+        # Held now, possibly acquired while waiting: this replica cleans up after all.
+        if gone:
+            await claim.delete_lease()
+        else:
             await claim.release()
         coordinator.unregister(claim)

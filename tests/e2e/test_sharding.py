@@ -682,6 +682,19 @@ def test_apiserver_down_within_the_tolerance_and_beyond_the_lease_duration(
         f"writes by a non-holder {len(intruders)}; rows not rewritten {len(unwritten)}; "
         f"fenced writes {fenced(*operators.values())}"
     )
+    for host_name in {h for h, _, _ in wrong}:  # DEBUG
+        name = host_name.rsplit("-", 1)[0]
+        ex = estate.exchanges[name]
+        print("DEBUG restored", round(restored - cut, 2), "settled", round(settled, 2))
+        for w in manager.module_writes(ex.exchange_id):
+            body = w.body or {}
+            if body.get("hostname") == host_name or w.path.endswith(host_name):
+                print("DEBUG W", round(w.time - cut, 2), w.client, w.method, body.get("status"), w.status)
+        last = None
+        for started, ended, seen in estate.samples:
+            if seen.get(name) != last:
+                last = seen.get(name)
+                print("DEBUG S", round(started - cut, 2), last)
     assert long_lost >= len(estate.exchanges)
     assert during == []
     assert wrong == []

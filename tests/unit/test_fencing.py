@@ -3,9 +3,14 @@ before the daemon's next look at its stop flag and before anything else on the l
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 import httpx
+import pytest
 
 from overseer_operator.kube import KubeApi
+from overseer_operator.leases import LeaseRecord
 from overseer_operator.ownership import Timings
 from overseer_operator.sharding import Coordinator
 
@@ -23,5 +28,54 @@ async def test_a_lost_claim_halts_its_monitor_before_the_step_down_is_even_seen(
     coordinator.lose(claim, "again")  # losing a claim no longer held does nothing
     assert len(seen) == 1
     for task in list(coordinator._side_tasks):  # the OwnerLost Event, refused by port 9
+        await task
+    await unused.aclose()
+
+
+class SlowLeases:
+    """The Lease API, answering the create only when the test says so."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.deleted: list[LeaseRecord] = []
+        self.replaced: list[LeaseRecord] = []
+
+    async def create(self, record: LeaseRecord) -> LeaseRecord:
+        await self.answer.wait()
+        return replace(record, resource_version="1")
+
+    async def replace(self, record: LeaseRecord) -> LeaseRecord:
+        self.replaced.append(record)
+        return replace(record, resource_version="2")
+
+    async def delete(self, record: LeaseRecord) -> None:
+        self.deleted.append(record)
+
+
+@pytest.mark.parametrize("gone", [True, False], ids=["exchange deleted", "daemon stopped"])
+async def test_a_lease_acquired_while_its_daemon_stopped_is_given_back_at_once(gone) -> None:
+    """The exchange's daemon exits (kopf stopped it) while this replica's PUT taking the Lease
+    is in flight: nobody here would renew it or clean it up, so it is deleted (the exchange is
+    gone) or released at once, not left held until it lapses and the orphan collector finds
+    it ten minutes later."""
+    unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))
+    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    leases = SlowLeases()
+    coordinator.api = leases  # type: ignore[assignment]
+    claim = coordinator.register("uid-1", "ns", "mx")
+    acquiring = asyncio.create_task(coordinator._acquire(claim))
+    await asyncio.sleep(0)
+    claim.retired, claim.gone = True, gone  # what monitor_while_owned does on its way out
+    coordinator.unregister(claim)
+    leases.answer.set()
+    await acquiring
+    assert not claim.held
+    if gone:
+        assert [record.holder for record in leases.deleted] == ["op-a"]
+    else:
+        assert [record.holder for record in leases.replaced] == [""]
+    # A daemon started again for the same exchange gets a fresh claim, never the retired one.
+    assert coordinator.register("uid-1", "ns", "mx") is not claim
+    for task in list(coordinator._side_tasks):
         await task
     await unused.aclose()
