@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from overseer_operator import collector, defaults, metrics
+from overseer_operator import collector, defaults, diagnostics, metrics
 from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
@@ -49,6 +49,7 @@ async def configure(
     )
     memo.loop_watch = asyncio.create_task(metrics.watch_event_loop())
     memo.full_collections = asyncio.create_task(collector.collect_periodically())
+    diagnostics.install_task_dump(asyncio.get_running_loop())
     memo.coordinator = None
     environment = memo.environment
     if environment.sharding:

@@ -24,6 +24,7 @@ import httpx
 from kopf import ConnectionInfo
 
 from overseer_operator import defaults
+from overseer_operator.backoff import raise_if_cancelling
 from overseer_operator.kubeconfig import CredentialsError, load_credentials
 from overseer_operator.names import dns_subdomain_problem
 from overseer_operator.times import format_time
@@ -102,6 +103,7 @@ class KubeApi:
         try:
             response = await self._http.request(method, url, **kwargs)
         except (httpx.HTTPError, RuntimeError) as error:  # RuntimeError: closed at shutdown
+            raise_if_cancelling()  # a cancellation the transport turned into an error
             raise KubeApiError(f"{method} {url}: {type(error).__name__}: {error}") from error
         if response.is_error:
             message = response.json().get("message", "") if _is_json(response) else response.text
@@ -168,6 +170,7 @@ class KubeApi:
                     if line.strip():
                         yield json.loads(line)
         except (httpx.HTTPError, RuntimeError) as error:
+            raise_if_cancelling()
             raise KubeApiError(f"WATCH {url}: {type(error).__name__}: {error}") from error
 
     async def create_exchange(self, namespace: str, body: Mapping[str, Any]) -> bool:

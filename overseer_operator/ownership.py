@@ -157,14 +157,22 @@ def observe(
     tenure: object,
     tenure_age: float,
     now: float,
+    renewed_ago: float = 0.0,
 ) -> Observed:
     """Fold one reading of a Lease into what was observed of it; an unchanged ``version`` keeps
-    the old observation time (that is what makes a silent holder expire)."""
+    the old observation time (that is what makes a silent holder expire).
+
+    A Lease seen for the first time (this process just started) counts as changed when its
+    ``renewTime`` says, skew subtracted (``renewed_ago``), not now: a replacement pod would
+    otherwise wait a whole duration from its own start before taking over a crashed holder's
+    exchanges it is preferred for. Safe within the skew bound: the holder stopped writing a
+    renew deadline after that renewal's start, before the duration ran out."""
     if previous is not None and previous.version == version:
         return previous
     if previous is not None and previous.holder == holder and previous.tenure == tenure:
         return Observed(holder, version, tenure, now, previous.first_seen, previous.tenure_age)
-    return Observed(holder, version, tenure, now, now, max(0.0, tenure_age))
+    changed_at = now if previous is not None else now - max(0.0, renewed_ago)
+    return Observed(holder, version, tenure, changed_at, now, max(0.0, tenure_age))
 
 
 @dataclass(slots=True)

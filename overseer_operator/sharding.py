@@ -39,6 +39,7 @@ from overseer_operator.leases import (
 )
 from overseer_operator.ownership import Members, Observed, Timings
 from overseer_operator.seeding import seconds_since
+from overseer_operator.times import parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -331,12 +332,9 @@ class Coordinator:
                 self._absent_since[name.removeprefix(exchange_lease_name(""))] = now
         else:
             self.records[name] = record
-            acquired = record.acquired_at()
-            tenure_age = (
-                0.0
-                if acquired is None
-                else seconds_since(acquired, self._wall()) - self.timings.clock_skew
-            )
+            wall, skew = self._wall(), self.timings.clock_skew
+            acquired, renewed = record.acquired_at(), parse_time(record.renew_time)
+            tenure_age = 0.0 if acquired is None else seconds_since(acquired, wall) - skew
             observations[name] = ownership.observe(
                 observations.get(name),
                 record.holder,
@@ -344,6 +342,7 @@ class Coordinator:
                 record.acquire_time,
                 tenure_age,
                 now,
+                0.0 if renewed is None else seconds_since(renewed, wall) - skew,
             )
         self._wake.set()
 

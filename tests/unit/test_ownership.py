@@ -231,3 +231,19 @@ def test_an_unchanged_reading_keeps_the_observation_time():
     assert (renewed.changed_at, renewed.first_seen) == (60.0, 0.0)  # same tenure
     taken = observe(renewed, "pod-b", ("pod-b", "t3", 2), "b1", 0.0, 70.0)
     assert taken.first_seen == 70.0  # a new tenure starts its hysteresis again
+
+
+def test_a_lease_first_seen_by_a_new_process_counts_from_its_renewal_not_from_now():
+    """A replacement pod starts 3 s after the holder's last renewal (by the Lease's renewTime,
+    skew subtracted): the Lease is free 3 s sooner than a whole duration after the pod's start,
+    exactly when the replicas that watched the renewal judge it free."""
+    first = observe(None, "pod-a", ("pod-a", "t1", 1), "a1", 0.0, 100.0, renewed_ago=3.0)
+    assert first.changed_at == 97.0 and first.first_seen == 100.0
+    assert not first.free(97.0 + T.lease_duration - 0.1, T.lease_duration)
+    assert first.free(97.0 + T.lease_duration, T.lease_duration)
+    # A renewal watched live is dated by the watch, whatever its renewTime says.
+    renewed = observe(first, "pod-a", ("pod-a", "t2", 1), "a1", 0.0, 101.0, renewed_ago=50.0)
+    assert renewed.changed_at == 101.0
+    # A renewTime ahead of our clock (skew beyond the bound) proves nothing: now.
+    ahead = observe(None, "pod-a", ("pod-a", "t1", 1), "a1", 0.0, 100.0, renewed_ago=-4.0)
+    assert ahead.changed_at == 100.0
