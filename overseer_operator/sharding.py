@@ -75,6 +75,9 @@ class Claim:
         # if the exchange is ``gone``), not held by a replica that no longer monitors it.
         self.retired = False
         self.gone = False
+        # The daemon waits for the Lease (``wait_held``): only then is it acquired. A daemon
+        # still shutting the previous monitor down would leave it held and unmonitored.
+        self.waiting = False
 
     @property
     def involved(self) -> dict[str, str]:
@@ -84,14 +87,19 @@ class Claim:
         """Until this replica holds the Lease (True) or the daemon is stopped (False). A Lease
         to hand over before any monitor ran (acquired as a backup, say) is released here: there
         is nothing to flush, and nothing else would release it."""
-        while not stopped:
-            if self.held and not self.step_down.is_set():
-                return True
-            if self.held and self.handing_over:
-                await self.release()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.acquired.wait(), 0.5)
-        return False
+        self.waiting = True
+        self._coordinator.wake()
+        try:
+            while not stopped:
+                if self.held and not self.step_down.is_set():
+                    return True
+                if self.held and self.handing_over:
+                    await self.release()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.acquired.wait(), 0.5)
+            return False
+        finally:
+            self.waiting = False
 
     def fence(self) -> None:
         """A write was refused for a stale epoch: someone else owns the exchange."""
@@ -237,6 +245,10 @@ class Coordinator:
         self._absent_since.setdefault(uid, self._clock())
         self._wake.set()
         return claim
+
+    def wake(self) -> None:
+        """Decide again now (a daemon is ready to monitor)."""
+        self._wake.set()
 
     def unregister(self, claim: Claim) -> None:
         if self.claims.get(claim.key) is claim and not claim.held:
@@ -399,8 +411,9 @@ class Coordinator:
             self._last_handover_at,
             self._absent_since,
         )
-        if plan.acquire:
-            await asyncio.gather(*(self._acquire(keys[uid]) for uid in plan.acquire))
+        ready = [keys[uid] for uid in plan.acquire if keys[uid].waiting]
+        if ready:
+            await asyncio.gather(*(self._acquire(claim) for claim in ready))
         for uid in plan.release:
             claim = keys[uid]
             self._last_handover_at = now

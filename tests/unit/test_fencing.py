@@ -79,3 +79,35 @@ async def test_a_lease_acquired_while_its_daemon_stopped_is_given_back_at_once(g
     for task in list(coordinator._side_tasks):
         await task
     await unused.aclose()
+
+
+async def test_a_lease_is_acquired_only_for_a_daemon_waiting_for_it() -> None:
+    """A daemon still shutting its previous monitor down (stuck, say, in a call) must not have
+    its exchange's Lease taken again on its behalf: held and unmonitored, nobody else could
+    take it over. Once the daemon waits for the Lease, it is acquired."""
+    unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))
+    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    leases = SlowLeases()
+    leases.answer.set()
+    coordinator.api = leases  # type: ignore[assignment]
+    claim = coordinator.register("uid-1", "ns", "mx")
+    await coordinator._carry_out(coordinator._clock())
+    assert not claim.held
+    stopped = asyncio.Event()
+    waiting = asyncio.create_task(claim.wait_held(StoppedFlag(stopped)))
+    await asyncio.sleep(0)
+    assert claim.waiting
+    await coordinator._carry_out(coordinator._clock())
+    assert claim.held and await waiting is True
+    assert not claim.waiting
+    for task in list(coordinator._side_tasks):
+        await task
+    await unused.aclose()
+
+
+class StoppedFlag:
+    def __init__(self, event: asyncio.Event) -> None:
+        self._event = event
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
