@@ -8,6 +8,10 @@ After a restart the fleet is rebuilt from two records, each a lower bound on a w
   one ``refreshInterval`` older than its worker's last heartbeat, while an ``inactive`` row was
   written when its worker had already been silent for ``inactiveAfter``.
 
+A status's ``lastHeartbeatTime`` is also a proof of life: no record proves silence past it. A
+replica that handed an exchange over a second after it took it writes fresh heartbeat times in
+its final status but has not rewritten the rows yet; their age is no proof then.
+
 A row's age is proof of silence only while its writer could write: a previous owner whose
 Manager writes were failing (its last status says ``ManagerSynced=False`` since some moment) went
 on consuming heartbeats it could not write, so its rows prove silence up to that moment only.
@@ -36,6 +40,9 @@ class Evidence:
     shown: WorkerState  # the state the record shows
     silent_for: float | None  # a lower bound, in seconds; None: no proof at all
     workload: list[Any] = field(default_factory=list)
+    # A moment the worker was heard (a status's lastHeartbeatTime): no silence is proven past
+    # it, whatever another record's age says. None: no such proof.
+    heard_at: datetime | None = None
 
 
 def seconds_since(moment: datetime, now: datetime) -> float:
@@ -62,7 +69,7 @@ def from_status_module(
     silent_for = (
         None if seen is None else max(0.0, seconds_since(seen, now) - status_refresh_interval)
     )
-    return Evidence(hostname, module.get("type") or "unknown", shown, silent_for)
+    return Evidence(hostname, module.get("type") or "unknown", shown, silent_for, heard_at=seen)
 
 
 def manager_writes_failing_since(status: Mapping[str, Any]) -> datetime | None:

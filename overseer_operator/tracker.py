@@ -78,11 +78,13 @@ class FleetTracker:
         # off (a bound on the clock skew between replicas).
         self.clock_skew = 0.0
         # Restart evidence not yet settled: the state each record shows (the Manager's row last),
-        # the strongest evidence of each worker, and the proven last-heard wall time of workers
-        # only seeded. A worker heard meanwhile leaves all three.
+        # the strongest evidence of each worker, the proven last-heard wall time of workers only
+        # seeded, and the latest moment a record proves each was heard. A worker heard meanwhile
+        # leaves them all.
         self._shown: dict[str, WorkerState] = {}
         self._evidence: dict[str, seeding.Evidence] = {}
         self._heard_wall: dict[str, datetime] = {}
+        self._alive_wall: dict[str, datetime] = {}  # the latest moment a record proves it heard
         # When the previous owner's Manager writes started failing (its last status said so):
         # the rows it left prove silence only up to then.
         self._rows_written_until: datetime | None = None
@@ -175,9 +177,8 @@ class FleetTracker:
     def observe(self, heartbeat: Heartbeat) -> None:
         """A heartbeat heard now (through the queue, or the operator's own registration)."""
         if self._heard_wall or self._shown:
-            self._heard_wall.pop(heartbeat.hostname, None)
-            self._shown.pop(heartbeat.hostname, None)
-            self._evidence.pop(heartbeat.hostname, None)
+            for unsettled in self._unsettled:
+                unsettled.pop(heartbeat.hostname, None)
         transition = self.fleet.observe(heartbeat)
         if transition is None:
             self.writer.observe_heartbeat(heartbeat)
@@ -185,9 +186,14 @@ class FleetTracker:
         self._dispatch(transition)
         self._wake.set()
 
+    @property
+    def _unsettled(self) -> tuple[dict[str, Any], ...]:
+        """Restart evidence not settled yet, per worker (a heartbeat makes it moot)."""
+        return (self._shown, self._evidence, self._heard_wall, self._alive_wall)
+
     def forget(self, hostname: str) -> None:
         """Drop a worker and whatever is owed for it, without a verdict."""
-        for unsettled in (self._heard_wall, self._shown, self._evidence):
+        for unsettled in self._unsettled:
             unsettled.pop(hostname, None)
         self.fleet.forget(hostname)
         self.writer.forget(hostname)
@@ -290,20 +296,32 @@ class FleetTracker:
             self._evidence[hostname] = evidence
         if known is None:
             self.fleet.seed(hostname, evidence.module_type, evidence.shown, None, evidence.workload)
+        if evidence.heard_at is not None:
+            latest = self._alive_wall.get(hostname)
+            self._alive_wall[hostname] = max(evidence.heard_at, latest or evidence.heard_at)
         if evidence.silent_for is not None:
             heard = now - timedelta(seconds=evidence.silent_for)
             previous = self._heard_wall.get(hostname)
             self._heard_wall[hostname] = min(heard, previous or heard)
+        alive = self._alive_wall.get(hostname)
+        if alive is not None and hostname in self._heard_wall:
+            self._heard_wall[hostname] = max(self._heard_wall[hostname], alive)
 
     def _settle_seeds(self) -> None:
         """Verdicts are allowed again: apply the evidence of workers still unheard, then tell the
         writers, once, where the fleet's view differs from what the records show."""
         evidence, self._evidence = self._evidence, {}
+        alive_wall, self._alive_wall = self._alive_wall, {}
+        now = self._evidence_clock()
         for proof in evidence.values():
             worker = self.fleet.get(proof.hostname)
             if worker is not None and worker.last_heartbeat_at is None:
+                silent_for = proof.silent_for
+                alive = alive_wall.get(proof.hostname)
+                if silent_for is not None and alive is not None:  # no silence past a proof of life
+                    silent_for = min(silent_for, max(0.0, seeding.seconds_since(alive, now)))
                 self.fleet.seed(
-                    proof.hostname, proof.module_type, proof.shown, proof.silent_for, proof.workload
+                    proof.hostname, proof.module_type, proof.shown, silent_for, proof.workload
                 )
         shown, self._shown = self._shown, {}
         at = self._clock()

@@ -373,12 +373,36 @@ def test_a_heartbeat_before_the_settling_replaces_the_evidence(harness):
 
 def test_evidence_from_status_and_rows_keeps_the_oldest_proof(harness):
     tracker = harness.tracker
+    tracker.seed_from_status({"modules": [status_module("w1", "active", None)]})
+    tracker.on_manager_rows([row("w1", "active", WALL0 - timedelta(minutes=30))])
     tracker.seed_from_status(
-        {"modules": [status_module("w1", "active", WALL0 - timedelta(minutes=3))]}
+        {"modules": [status_module("w2", "active", WALL0 - timedelta(minutes=40))]}
+    )
+    tracker.on_manager_rows([row("w2", "active", WALL0 - timedelta(minutes=30))])
+    # w1: the row's 30 min - 5 min refresh = 25 min; w2: the status's 40 - 1 = 39 min
+    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=25)
+    assert tracker.heard_wall_time("w2") == WALL0 - timedelta(minutes=39)
+
+
+def test_no_record_proves_silence_past_a_heartbeat_time_in_the_status(harness):
+    """A replica took the exchange, heard w1, and handed it over a second later: its final
+    status has w1's fresh heartbeat time, but it had not rewritten the row yet, so the row is
+    as old as the outage before. The row's age proves no silence past that heartbeat (a chaos
+    proof saw w1 written inactive 30 ms after the next owner started)."""
+    tracker = harness.tracker
+    tracker.seed_from_status(
+        {"modules": [status_module("w1", "active", WALL0 - timedelta(seconds=3))]}
     )
     tracker.on_manager_rows([row("w1", "active", WALL0 - timedelta(minutes=30))])
-    # status: 3 min - 1 min refresh = 2 min; row: 30 min - 5 min refresh = 25 min
-    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=25)
+    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(seconds=3)
+    harness.consume()
+    assert harness.verdicts() == []
+    harness.clocks.advance(599)
+    harness.sweep()
+    assert harness.verdicts() == []  # 3 s of proven silence: a full threshold
+    harness.clocks.advance(2)
+    harness.sweep()
+    assert harness.verdicts() == [("w1", ACTIVE, INACTIVE)]
 
 
 def test_rows_left_while_the_manager_writes_failed_do_not_prove_the_outage_as_silence(harness):
