@@ -45,10 +45,13 @@ class Evidence:
     heard_at: datetime | None = None
 
 
+def in_utc(moment: datetime) -> datetime:
+    """A time without a zone is taken as UTC (as the Manager and old statuses write them)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def seconds_since(moment: datetime, now: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (now - moment) / timedelta(seconds=1)
+    return (now - in_utc(moment)) / timedelta(seconds=1)
 
 
 def from_status_module(
@@ -69,7 +72,8 @@ def from_status_module(
     silent_for = (
         None if seen is None else max(0.0, seconds_since(seen, now) - status_refresh_interval)
     )
-    return Evidence(hostname, module.get("type") or "unknown", shown, silent_for, heard_at=seen)
+    heard_at = None if seen is None else in_utc(seen)
+    return Evidence(hostname, module.get("type") or "unknown", shown, silent_for, heard_at=heard_at)
 
 
 def manager_writes_failing_since(status: Mapping[str, Any]) -> datetime | None:
@@ -80,7 +84,8 @@ def manager_writes_failing_since(status: Mapping[str, Any]) -> datetime | None:
             if condition.get("status") != "False":
                 return None
             since = parse_time(condition.get("lastTransitionTime"))
-            return since or datetime.min.replace(tzinfo=UTC)  # no time: the rows prove nothing
+            # No time: the rows prove nothing.
+            return in_utc(since) if since is not None else datetime.min.replace(tzinfo=UTC)
     return None
 
 

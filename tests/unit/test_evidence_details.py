@@ -32,7 +32,8 @@ def test_a_naive_time_is_taken_as_utc():
 def test_a_status_entry_with_a_naive_time_is_evidence_in_utc():
     module = {"hostname": "w1", "type": "builder", "state": "active"}
     evidence = from_status_module({**module, "lastHeartbeatTime": "2030-06-01T11:40:00"}, NOW, 60)
-    assert evidence == Evidence("w1", "builder", ACTIVE, 1140.0)
+    heard = datetime(2030, 6, 1, 11, 40, tzinfo=UTC)
+    assert evidence == Evidence("w1", "builder", ACTIVE, 1140.0, heard_at=heard)
 
 
 @pytest.mark.parametrize("hostname", [5, "", None, ["w1"]])
@@ -43,7 +44,10 @@ def test_a_status_entry_without_a_usable_hostname_is_skipped(hostname):
 
 def test_a_recent_status_entry_proves_no_silence_at_all():
     module = {"hostname": "w1", "state": "inactive", "lastHeartbeatTime": "2030-06-01T11:59:30Z"}
-    assert from_status_module(module, NOW, 60) == Evidence("w1", "unknown", INACTIVE, 0.0)
+    heard = NOW - timedelta(seconds=30)  # and a proof of life then
+    assert from_status_module(module, NOW, 60) == Evidence(
+        "w1", "unknown", INACTIVE, 0.0, heard_at=heard
+    )
 
 
 def test_a_manager_row_carries_its_hostname_type_and_workload():
