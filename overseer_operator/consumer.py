@@ -39,6 +39,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from overseer_operator import defaults
+from overseer_operator.aiotools import wait_event
 from overseer_operator.backoff import Backoff
 from overseer_operator.heartbeat import MessageRejected
 from overseer_operator.model import BrokerState, BrokerStatus
@@ -223,8 +224,7 @@ class HeartbeatConsumer:
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(on_cancel)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self._verify_interval)
+            await wait_event(lost, self._verify_interval)
             if cancelled:
                 raise ConsumerLost(self._queue_name)
             if lost.is_set() or self.connection.is_closed or self._channel.is_closed:

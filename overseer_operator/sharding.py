@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from overseer_operator import metrics, ownership
+from overseer_operator.aiotools import wait_event
 from overseer_operator.kube import KubeApi, KubeApiError
 from overseer_operator.leases import (
     EXCHANGE,
@@ -95,8 +96,7 @@ class Claim:
                     return True
                 if self.held and self.handing_over:
                     await self.release()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.acquired.wait(), 0.5)
+                await wait_event(self.acquired, 0.5)
             return False
         finally:
             self.waiting = False
@@ -158,8 +158,7 @@ class StepDown:
             left = 0.2 if deadline is None else min(0.2, deadline - loop.time())
             if left <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._claim.step_down.wait(), left)
+            await wait_event(self._claim.step_down, left)
         return bool(self)
 
 
@@ -369,8 +368,7 @@ class Coordinator:
             if self._synced and not self._leaving:
                 await self._carry_out(now)
             metrics.MEMBERS.set(len(self.members.eligible(self._clock())))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_wake() - self._clock())
+            await wait_event(self._wake, self._next_wake() - self._clock())
 
     def _next_wake(self) -> float:
         now = self._clock()

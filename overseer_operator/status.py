@@ -9,13 +9,13 @@ its size, the way the kubelet reports NodeStatus.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from overseer_operator import defaults, metrics
+from overseer_operator.aiotools import wait_event
 from overseer_operator.kube import KubeApi, KubeApiError
 from overseer_operator.model import FleetSnapshot, WorkerState, WorkerView
 from overseer_operator.times import format_time
@@ -190,8 +190,7 @@ class StatusWriter:
         while True:
             refresh_due = max(self._written_at, checked_at) + self._refresh_interval
             wait_for = max(0.0, refresh_due - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=wait_for)
+            await wait_event(self._dirty, wait_for)
             # Let a burst of changes settle into one patch.
             await asyncio.sleep(max(0.0, self._written_at + self._min_interval - loop.time()))
             self._dirty.clear()

@@ -57,8 +57,10 @@ class Supervisor:
             await backoff.wait()
 
     async def aclose(self) -> None:
-        """Cancel every task and wait for them."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Cancel every task and wait for them; cancel again any that swallowed it (a library
+        may turn a cancellation into an error, or, on 3.11, ``wait_for`` drop it)."""
+        pending, self._tasks = set(self._tasks), []
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)

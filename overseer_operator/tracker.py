@@ -14,13 +14,13 @@ is settled only when verdicts are next allowed, once per worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from overseer_operator import defaults, metrics, seeding
+from overseer_operator.aiotools import wait_event
 from overseer_operator.backlog import Backlog
 from overseer_operator.consumer import QueueReading
 from overseer_operator.events import EventRecorder
@@ -224,8 +224,7 @@ class FleetTracker:
         while True:
             deadline = self.fleet.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             while batch := self.fleet.sweep(SWEEP_BATCH):
                 for transition in batch:

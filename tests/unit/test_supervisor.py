@@ -130,3 +130,24 @@ async def test_a_retry_loop_stops_when_its_cancellation_became_an_error():
         with pytest.raises(asyncio.CancelledError):
             await task
     assert attempts == 1
+
+
+async def test_aclose_cancels_again_a_task_that_swallowed_its_cancellation():
+    """A task body that lost its first cancellation (a library turned it into a value, or 3.11's
+    wait_for dropped it) and went back to waiting: one cancel is not enough, aclose must not
+    wait for it forever."""
+    swallowed = asyncio.Event()
+
+    async def deaf() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # as if it never came
+            swallowed.set()
+        await asyncio.Event().wait()
+
+    supervisor = Supervisor(("ns", "deaf"))
+    supervisor.spawn("deaf", deaf)
+    await asyncio.sleep(0)
+    await asyncio.wait_for(supervisor.aclose(), timeout=5)
+    assert swallowed.is_set()

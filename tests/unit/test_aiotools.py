@@ -1,0 +1,58 @@
+"""``wait_event`` never loses a cancellation that arrives as the event is set (3.11's
+``asyncio.wait_for`` does: the sweeper and the status writer of a halted monitor went on)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from overseer_operator.aiotools import wait_event
+
+
+def waiting_loop(wait: Callable[[asyncio.Event], Awaitable[object]], event: asyncio.Event):
+    async def loop() -> None:  # the shape of the sweeper and the status writer
+        while True:
+            await wait(event)
+            event.clear()
+
+    return loop
+
+
+async def cancelled_as_set(wait: Callable[[asyncio.Event], Awaitable[object]]) -> bool:
+    """Set the event and cancel the loop in the same step, as ``ExchangeMonitor.halt`` and the
+    shutdown after it do; whether the loop ended."""
+    event = asyncio.Event()
+    task = asyncio.create_task(waiting_loop(wait, event)())
+    await asyncio.sleep(0)
+    event.set()
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)
+    ended = task.done()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return ended
+
+
+async def test_a_cancellation_as_the_event_is_set_ends_the_loop() -> None:
+    assert await cancelled_as_set(lambda event: wait_event(event, 60.0))
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="wait_for was fixed in 3.12")
+async def test_the_baseline_wait_for_loses_that_cancellation_on_this_python() -> None:
+    async def with_wait_for(event: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), 60.0)
+
+    assert not await cancelled_as_set(with_wait_for)
+
+
+async def test_the_timeout_and_an_event_already_set() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    event.set()
+    assert await wait_event(event, 0.0) is True
