@@ -288,6 +288,15 @@ def takeover(estate: Estate, name: str, old: str, since: float) -> tuple[float, 
     raise AssertionError(f"{name} was never taken over from {old}")
 
 
+def dump_tasks(operators: dict[str, OperatorProcess]) -> None:
+    """A proof is about to fail: every replica writes its asyncio tasks, with the line each
+    waits on, to its log (SIGUSR1), which the fixture prints at the end."""
+    for op in operators.values():
+        if op.alive():
+            op.process.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+
+
 def non_holder_writes(estate: Estate, manager: ManagerEmulator) -> list[tuple[str, str, float]]:
     """Manager writes by a replica that held the Lease neither at the last sample read wholly
     before the write nor at the first read wholly after it (exchange, replica, time). A read
@@ -580,6 +589,8 @@ def test_an_owner_cut_off_from_the_apiserver_stops_writing_before_another_acquir
         f"{len(wrong)}; writes by a non-holder {len(intruders)}; Manager rows not rewritten "
         f"after the takeover {len(unwritten)}; fenced writes {fenced_writes}"
     )
+    if wrong or intruders or unwritten:
+        dump_tasks(operators)
     assert all(margin > 0 for margin in margins)  # stopped before anyone else could acquire
     assert max(stops) <= RENEW_DEADLINE + 1.0
     assert max(handovers) <= LEASE_DURATION + FAILURE_RETRY + 5.0
@@ -682,19 +693,8 @@ def test_apiserver_down_within_the_tolerance_and_beyond_the_lease_duration(
         f"writes by a non-holder {len(intruders)}; rows not rewritten {len(unwritten)}; "
         f"fenced writes {fenced(*operators.values())}"
     )
-    for host_name in {h for h, _, _ in wrong}:  # DEBUG
-        name = host_name.rsplit("-", 1)[0]
-        ex = estate.exchanges[name]
-        print("DEBUG restored", round(restored - cut, 2), "settled", round(settled, 2))
-        for w in manager.module_writes(ex.exchange_id):
-            body = w.body or {}
-            if body.get("hostname") == host_name or w.path.endswith(host_name):
-                print("DEBUG W", round(w.time - cut, 2), w.client, w.method, body.get("status"), w.status)
-        last = None
-        for started, ended, seen in estate.samples:
-            if seen.get(name) != last:
-                last = seen.get(name)
-                print("DEBUG S", round(started - cut, 2), last)
+    if wrong or intruders or unwritten:
+        dump_tasks(operators)
     assert long_lost >= len(estate.exchanges)
     assert during == []
     assert wrong == []
