@@ -16,7 +16,6 @@ from tests.fixtures.testbed import REPO_ROOT, Testbed
 pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
 
 
-@pytest.mark.proofs  # finds issue 10's open false verdicts intermittently: see pyproject.toml
 def test_quick_chaos_run_passes(testbed: Testbed, tmp_path: Path) -> None:
     figures_file = tmp_path / "chaos.json"
     finished = subprocess.run(

@@ -474,7 +474,6 @@ def test_sigterm_then_sigkill_of_an_owner(
     assert fenced(*alive) == 0
 
 
-@pytest.mark.proofs  # its Lease clean-up after a deletion mid-handover is late at times
 @pytest.mark.parametrize("estate", [1], indirect=True)
 def test_racing_replicas_a_deleted_lease_and_an_exchange_deleted_mid_handover(
     kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
@@ -533,7 +532,6 @@ def test_racing_replicas_a_deleted_lease_and_an_exchange_deleted_mid_handover(
     assert fenced(other) == 0
 
 
-@pytest.mark.proofs  # not in the default run: see pyproject.toml and issue 10's note
 def test_an_owner_cut_off_from_the_apiserver_stops_writing_before_another_acquires(
     apiserver_proxy, kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
 ):
@@ -610,7 +608,6 @@ SHORT_OUTAGE, LONG_OUTAGE = 2.0, 1.5 * LEASE_DURATION
 
 
 @pytest.mark.parametrize("mode", [Mode.REFUSE, Mode.BLACKHOLE], ids=lambda mode: mode.value)
-@pytest.mark.proofs  # not in the default run: see pyproject.toml and issue 10's note
 def test_apiserver_down_within_the_tolerance_and_beyond_the_lease_duration(
     mode, apiserver_proxy, kubectl, namespace, manager, amqp_url, estate, start_operator,
     coordination,
