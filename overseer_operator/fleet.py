@@ -185,10 +185,8 @@ class Fleet:
         the fleet now says is for the caller to settle, once verdicts may be given.
         """
         existing = self._workers.get(hostname)
-        if existing is not None:
-            if existing[5] is not None:
-                return False
-            self._remove(hostname, existing)
+        if existing is not None and existing[5] is not None:
+            return False
         now, thresholds = self._now(), self._thresholds
         silent = silent_for or 0.0
         if shown is WorkerState.OFFLINE:
@@ -207,7 +205,15 @@ class Fleet:
             state, last_seen = _OFFLINE, now - silent
         listed = list(workload)
         stored = _compact(listed) if listed else existing[2] if existing is not None else "[]"
-        self._place(hostname, (module_type, DEFAULT_STATUS, stored, state, last_seen, None, -1))
+        record = (module_type, DEFAULT_STATUS, stored, state, last_seen, None, -1)
+        if existing is not None and existing[3] == _ACTIVE and state == _ACTIVE:
+            # Still active since its first seed: its place in the active order (by last_seen,
+            # which has not changed) is kept; at the end, it would be swept after newer ones.
+            self._workers[hostname] = record
+            return True
+        if existing is not None:
+            self._remove(hostname, existing)
+        self._place(hostname, record)
         return True
 
     def forget(self, hostname: str) -> None:

@@ -10,7 +10,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from overseer_operator.fleet import Fleet
@@ -528,6 +528,8 @@ def test_the_cyclic_garbage_collector_does_not_track_the_workers(clock: FakeCloc
     ),
     limit=st.integers(1, 12),
 )
+# Found by hypothesis: a worker seeded again went to the end of the active order.
+@example(steps=[("seed", 0), ("wait", 1), ("beat", 1), ("seed", 0)], limit=1)
 def test_the_snapshot_lists_the_worst_workers_first_like_a_full_sort(
     steps: list[tuple[str, int]], limit: int
 ) -> None:
@@ -551,3 +553,16 @@ def test_the_snapshot_lists_the_worst_workers_first_like_a_full_sort(
         (view.state, view.last_seen) for view in expected
     ]
     assert snapshot.total == len(everyone)
+
+
+def test_a_worker_seeded_again_turns_inactive_on_its_first_seeds_time(clock: FakeClock) -> None:
+    """The Manager's list is read again every few minutes: a worker still unheard is seeded
+    again, keeping the time of its first seed. It must keep its place in the active order too,
+    or it is swept only after every worker heard since (late verdicts, a wrong status order)."""
+    fleet = Fleet(DEFAULT, clock)
+    fleet.seed("quiet", "builder", ACTIVE, None)
+    clock.advance(60)
+    fleet.observe(beat("heard"))
+    fleet.seed("quiet", "builder", ACTIVE, None)  # the relisting
+    clock.advance(DEFAULT.inactive_after - 60)
+    assert [(t.hostname, t.current) for t in fleet.sweep()] == [("quiet", INACTIVE)]
