@@ -1,7 +1,7 @@
 """The whole performance table of issue 9, each figure beside its baseline from the same run.
 
 Runs against the local test bed (``scripts/testbed up``): the operator as a process (RSS read from
-/proc), the real broker, the Manager emulator in this process, the load generator
+/proc), the real broker, the Manager emulator (``benchmarks.manager_process``), the load generator
 (``benchmarks.loadgen``) and the bare aio-pika consumer (``benchmarks.bare``) as processes. By
 default the broker and the load generator are pinned to CPU 0 and the consumer under test (the
 operator or the bare client) to CPU 1, so they do not share a core (the broker's affinity is put
@@ -20,7 +20,8 @@ Rows (goals from the issue; every ratio against a baseline measured in the same 
    writes vs the legacy one-per-heartbeat rate, and how evenly the refreshes are spread.
 4. restart with that fleet: time until every queue is consumed again; false flips after it.
 5. mass silence: S workers stop at once: detection lag (Manager and status, p99 after the
-   threshold) and the largest event-loop lag during the transition.
+   threshold) and the largest event-loop lag during the transition. The Manager lag's baseline is
+   the emulator's own: a bare httpx client posting the same rows at the same times.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ from typing import Any
 import aio_pika
 import httpx
 
-from devtools.manager_emulator import ManagerEmulator
+from benchmarks.manager_process import EmulatorProcess
+from overseer_operator.defaults import MANAGER_WRITE_CONCURRENCY
 from overseer_operator.kubeconfig import load_credentials
 from tests.fixtures.operator import free_port
 from tests.fixtures.testbed import parse_env
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_ID, CLIENT_SECRET = "bench", "bench-secret"
+WORKLOAD = [{"description": "building workflow"}]  # the load generator's, as the writer posts it
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Exchanges:
 class Bed:
     env: dict[str, str]
     pin: bool
-    manager: ManagerEmulator
+    manager: EmulatorProcess
     log_dir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
@@ -675,15 +678,16 @@ def mass_silence(
         if inactive >= workers:
             break
         time.sleep(0.05)
-    manager_lags = []
-    for exchange_id in exchanges.ids:
-        for request in bed.manager.module_writes(exchange_id):
-            body = request.body or {}
-            if request.time > silenced and body.get("status") == "inactive":
-                hostname = body.get("hostname")
-                if hostname in last:
-                    manager_lags.append(request.time - (last[hostname] + inactive_after))
-    manager_lags.sort()
+    # The Manager's writes trail the status: wait for every POST inactive (or a deadline).
+    manager_deadline = silenced + inactive_after + 60 + workers / 50
+    while True:
+        posts = bed.manager.inactive_posts(exchanges.ids, silenced)
+        if len(posts.keys() & last.keys()) >= workers or time.monotonic() > manager_deadline:
+            break
+        time.sleep(1.0)
+    manager_lags = sorted(
+        posts[host] - (last[host] + inactive_after) for host in posts.keys() & last.keys()
+    )
     manager_p99 = percentile(manager_lags, 0.99) if len(manager_lags) >= workers else math.inf
     target = math.ceil(0.99 * workers)
     reached = next((moment for moment, inactive in status_times if inactive >= target), math.inf)
@@ -700,16 +704,49 @@ def mass_silence(
         math.inf,
     )
     stall = stall_max_after if stall_max_after > stall_max_before else stall_bucket
+    stop(operator.process)
+
+    # The emulator's side alone, the operator stopped: a bare client with the writer's
+    # concurrency, on the operator's CPU, posts the same rows at the same due times (shifted to
+    # now), then all at once.
+    def exchange_of(hostname: str) -> str:  # the load generator's "<prefix>-<key>-<index>"
+        return exchanges.ids[int(hostname.split("-")[1])]
+
+    shift = time.monotonic() + 1.0 - due[0]
+    scheduled = sorted(
+        (last[host] + inactive_after + shift, exchange_of(host), host) for host in last
+    )
+    affinity = os.sched_getaffinity(0)
+    if bed.pin:
+        os.sched_setaffinity(0, {1})
+    try:
+        started = time.monotonic()
+        asyncio.run(post_inactive(bed.manager, scheduled))
+        bare_posts = bed.manager.inactive_posts(exchanges.ids, started)
+        started = time.monotonic()
+        asyncio.run(
+            post_inactive(bed.manager, [(0.0, exchange, host) for _, exchange, host in scheduled])
+        )
+        burst = sorted(bed.manager.inactive_posts(exchanges.ids, started).values())
+    finally:
+        os.sched_setaffinity(0, affinity)
+    bare_lags = sorted(bare_posts[host] - at for at, _, host in scheduled if host in bare_posts)
+    bare_p99 = percentile(bare_lags, 0.99) if len(bare_lags) >= workers else math.inf
+    ceiling = len(burst) / (burst[-1] - started)
     rows.append(
         Row(
             "detection lag p99 after the threshold (s): Manager",
             manager_p99,
-            None,
+            bare_p99,
             "<= 1 s",
             manager_p99 <= 1.0,
             f"{workers:,} workers on {count} exchanges silent at once; from each worker's last "
             f"publish + inactiveAfter ({scale.silent_thresholds[0]}) to its POST inactive "
-            f"({len(manager_lags)} seen; max {max(manager_lags, default=math.inf):.2f} s)",
+            f"({len(manager_lags)} seen; max {max(manager_lags, default=math.inf):.2f} s); "
+            f"baseline = a bare httpx client, {MANAGER_WRITE_CONCURRENCY} in flight as the "
+            "operator's writer, posting the same rows at the same due times to the emulator "
+            "(its own process): a ratio >> 1 says the operator is the bound; the emulator alone "
+            f"takes {ceiling:,.0f} POST/s ({workers:,} at once)",
         )
     )
     rows.append(
@@ -734,7 +771,29 @@ def mass_silence(
             "holds every tick of the transition",
         )
     )
-    stop(operator.process)
+
+
+async def post_inactive(manager: EmulatorProcess, scheduled: list[tuple[float, str, str]]) -> None:
+    """POST each (monotonic time, exchange id, hostname) row ``inactive`` at its time, at most
+    the operator's ``MANAGER_WRITE_CONCURRENCY`` in flight (a time passed: at once)."""
+    async with httpx.AsyncClient(base_url=manager.url, timeout=60) as client:
+        login = {"grant_type": "client_credentials", "client_id": CLIENT_ID}
+        answer = await client.post(
+            manager.login_url, json={**login, "client_secret": CLIENT_SECRET}
+        )
+        client.headers["Authorization"] = (
+            f"Bearer {answer.raise_for_status().json()['access_token']}"
+        )
+        rows = iter(scheduled)
+
+        async def writer() -> None:
+            for at, exchange_id, hostname in rows:  # one iterator: each row taken once
+                await asyncio.sleep(at - time.monotonic())
+                row = {"hostname": hostname, "type": "builder", "status": "inactive"}
+                path = f"/messaging/exchanges/{exchange_id}/modules"
+                (await client.post(path, json={**row, "workload": WORKLOAD})).raise_for_status()
+
+        await asyncio.gather(*(writer() for _ in range(MANAGER_WRITE_CONCURRENCY)))
 
 
 def apiserver_client(kubeconfig: str) -> httpx.Client:
@@ -851,11 +910,13 @@ def testbed_session(pin: bool, keep_logs: Path | None = None) -> Iterator[Bed]:
         [str(Path(env["TESTBED_BIN_DIR"]) / "kubectl"), "apply", "-f", str(REPO / "crds")],
         check=True, env={**os.environ, **env}, capture_output=True,
     )  # fmt: skip
-    manager = ManagerEmulator(clients={CLIENT_ID: CLIENT_SECRET})
-    broker = httpx.URL(env["AMQP_URL"])
-    manager.add_broker("1", "testbed")
-    manager.add_broker_connection("1", "guest", "guest", broker.host, broker.port, "/")
-    with tempfile.TemporaryDirectory(prefix="overseer-bench-") as temporary, manager:
+    with (
+        tempfile.TemporaryDirectory(prefix="overseer-bench-") as temporary,
+        EmulatorProcess({CLIENT_ID: CLIENT_SECRET}) as manager,
+    ):
+        broker = httpx.URL(env["AMQP_URL"])
+        manager.add_broker("1", "testbed")
+        manager.add_broker_connection("1", "guest", "guest", broker.host, broker.port, "/")
         logs = keep_logs or Path(temporary)
         logs.mkdir(parents=True, exist_ok=True)
         bed = Bed(env, pin, manager, logs)
