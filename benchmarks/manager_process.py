@@ -57,6 +57,12 @@ class EmulatorProcess:
             ManagerEmulator.add_broker_connection, broker_id, username, password, host, port, vhost
         )
 
+    def set_client_secret(self, client_id: str, secret: str) -> None:
+        self.call(ManagerEmulator.set_client_secret, client_id, secret)
+
+    def modules(self, exchange_id: str) -> list[dict[str, Any]]:
+        return self.call(ManagerEmulator.modules, exchange_id)
+
     def module_count(self, exchange_ids: set[str]) -> int:
         return self.call(ManagerEmulator.module_count, exchange_ids)
 
