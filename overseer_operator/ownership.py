@@ -122,6 +122,16 @@ def preferred(key: str, members: Iterable[str]) -> str | None:
     return max(members, key=lambda member: (score(member, key), member), default=None)
 
 
+def first_with_room(
+    key: str, members: Iterable[str], loads: Mapping[str, int], cap: int
+) -> str | None:
+    """Rendezvous hashing with bounded loads: the highest-scoring member holding fewer than
+    ``cap`` exchanges. A crashed holder's exchange whose preferred member is full is taken at
+    once by the next, not by a backup a whole ``backup_after`` later."""
+    ranked = sorted(members, key=lambda member: (score(member, key), member), reverse=True)
+    return next((member for member in ranked if loads.get(member, 0) < cap), None)
+
+
 def fair_share(exchanges: int, members: int) -> int:
     """The most exchanges one replica holds on its own initiative."""
     return math.ceil(1.25 * exchanges / max(1, members)) + 1
@@ -252,8 +262,11 @@ def plan(
     if not members.self_ok:
         return Plan()  # leaving, or our own membership is not renewed: take nothing new
     cap = fair_share(len(keys), len(eligible))
+    loads = Counter(
+        lease.holder for lease in leases.values() if not lease.free(now, timings.lease_duration)
+    )
     acquire: list[str] = []
-    count = len(held)
+    count = loads[identity] = len(held)
     for key in keys:
         if key in held:
             continue
@@ -264,19 +277,16 @@ def plan(
             free_since = lease.free_since(timings.lease_duration)
         else:
             continue
-        if preferred(key, eligible) == identity and count < cap:
+        if first_with_room(key, eligible, loads, cap) == identity:
             acquire.append(key)
-            count += 1
+            count = loads[identity] = count + 1
         elif now - free_since >= timings.backup_after:
             acquire.append(key)  # nobody else took it: a backup, whatever the fair share
-            count += 1
+            count = loads[identity] = count + 1
     release: list[str] = []
     if now - last_handover_at >= timings.handover_interval:
         # Never to a member at its fair share: it would not acquire, a backup would after
         # ``backup_after``, hand it over again, and the exchange go unmonitored meanwhile.
-        loads = Counter(
-            lease.holder for lease in leases.values() if not lease.free(now, timings.lease_duration)
-        )
         for key in sorted(held):
             owner = preferred(key, eligible)
             if (

@@ -247,3 +247,33 @@ def test_a_lease_first_seen_by_a_new_process_counts_from_its_renewal_not_from_no
     # A renewTime ahead of our clock (skew beyond the bound) proves nothing: now.
     ahead = observe(None, "pod-a", ("pod-a", "t1", 1), "a1", 0.0, 100.0, renewed_ago=-4.0)
     assert ahead.changed_at == 100.0
+
+
+def test_an_exchange_whose_preferred_member_is_full_goes_at_once_to_the_next():
+    """Bounded-load rendezvous hashing. The crashed holder's exchange is preferred by pod-b, which
+    already holds its fair share: it will not take it, so the next member in HRW order with room
+    takes it as soon as it is free, not a backup LD + 2 RP later (the chaos run's 18 s
+    takeover, crash bound 13.5 s)."""
+    trio = ["pod-a", "pod-b", "pod-c"]
+    b_first = [key for key in KEYS if preferred(key, trio) == "pod-b"]
+    # Of those, one whose second choice is pod-a: pod-a's turn when pod-b is full.
+    orphan = next(key for key in b_first if preferred(key, ["pod-a", "pod-c"]) == "pod-a")
+    full = [key for key in b_first if key != orphan][:4]
+    keys = [*full, orphan, *[key for key in KEYS if preferred(key, trio) == "pod-c"][:1]]
+    cap = ownership.fair_share(len(keys), 3)
+    assert cap == 4
+    leases = {key: held_by("pod-b", 100.0) for key in full}
+    leases[orphan] = held_by("pod-dead", 100.0 - T.lease_duration)  # just lapsed
+    leases[keys[-1]] = held_by("pod-c", 100.0)
+    for identity in ("pod-a", "pod-c"):
+        others = {name: 0.0 for name in trio if name != identity}
+        view = members(identity, 100.0, others, started=0.0)
+        view.eligible(60.0)
+        mine = {keys[-1]} if identity == "pod-c" else set()
+        result = plan(100.0, identity, keys, leases, mine, view, T, 0.0, {})
+        assert (orphan in result.acquire) is (identity == "pod-a"), identity
+    # With room left, pod-b would have been the one (and the others leave it alone).
+    leases[full[0]] = free(100.0)
+    view = members("pod-a", 100.0, {"pod-b": 0.0, "pod-c": 0.0}, started=0.0)
+    view.eligible(60.0)
+    assert orphan not in plan(100.0, "pod-a", keys, leases, set(), view, T, 0.0, {}).acquire
