@@ -104,6 +104,7 @@ async def monitor_exchange(
                 seed_status=seed,
                 epoch=epoch,
                 on_fenced=fenced,
+                peers=memo.coordinator.peers,
             ),
             memo.monitors,
             GRACEFUL_STOP,

@@ -148,6 +148,17 @@ class ManagerWriter:
         self._pending += 1
         self._queue(hostname)
 
+    def retire(self, hostname: str) -> None:
+        """Owe a DELETE of ``hostname``'s row, and nothing else: the row is not a worker's (see
+        ``FleetTracker.peers``), so no ``inactive`` comes first."""
+        owed = self._owed.get(hostname)
+        if owed is not None:
+            self._pending -= len(owed[2])
+        self._owed[hostname] = ("", "[]", ((next(self._sequence), "delete"),))
+        self._pending += 1
+        self._written_at.pop(hostname, None)
+        self._queue(hostname)
+
     def forget(self, hostname: str) -> None:
         """Owe nothing more for ``hostname`` (a call already in flight still completes)."""
         owed = self._owed.get(hostname)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -72,6 +72,7 @@ class ExchangeMonitor:
         seed_status: Mapping[str, Any] | None = None,
         epoch: str | None = None,
         on_fenced: Callable[[], None] | None = None,
+        peers: Collection[str] = (),
     ) -> None:
         self._body = body  # kopf's live view: spec and generation change under our feet
         self.namespace: str = body["metadata"]["namespace"]
@@ -107,6 +108,7 @@ class ExchangeMonitor:
             self._labels, self.writer, self.events, self.status_writer.mark_dirty, self._loop.time
         )
         self.tracker.clock_skew = environment.clock_skew
+        self.tracker.peers = peers
         self._tasks = Supervisor(self._labels)
         self.spec: ExchangeSpec | None = None
         self._observed_generation: int | None = None

@@ -184,6 +184,8 @@ class Coordinator:
         self.claims: dict[str, Claim] = {}
         self.records: dict[str, LeaseRecord] = {}  # every Lease seen, by name
         self.observed: dict[str, Observed] = {}  # exchange Leases, by name
+        # Every other replica ever seen holding a Lease: their own module rows are not workers'.
+        self.peers: set[str] = set()
         self._absent_since: dict[str, float] = {}
         self._member: LeaseRecord | None = None
         self._member_renewed_at = self._clock()
@@ -343,6 +345,8 @@ class Coordinator:
                 self._absent_since[name.removeprefix(exchange_lease_name(""))] = now
         else:
             self.records[name] = record
+            if record.holder and record.holder != self.identity:
+                self.peers.add(record.holder)
             wall, skew = self._wall(), self.timings.clock_skew
             acquired, renewed = record.acquired_at(), parse_time(record.renew_time)
             tenure_age = 0.0 if acquired is None else seconds_since(acquired, wall) - skew

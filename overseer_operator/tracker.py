@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,6 +77,11 @@ class FleetTracker:
         # Evidence from another process's wall clock is a lower bound only after this is taken
         # off (a bound on the clock skew between replicas).
         self.clock_skew = 0.0
+        # The other replicas of this operator (sharding; a live set): a row or heartbeat in a
+        # peer's name is the own registration of an earlier owner, not a worker. Its silence
+        # since the handover proves nothing, so it is removed without a verdict (retired).
+        self.peers: Collection[str] = ()
+        self._retired: set[str] = set()
         # Restart evidence not yet settled: the state each record shows (the Manager's row last),
         # the strongest evidence of each worker, the proven last-heard wall time of workers only
         # seeded, and the latest moment a record proves each was heard. A worker heard meanwhile
@@ -176,6 +181,9 @@ class FleetTracker:
 
     def observe(self, heartbeat: Heartbeat) -> None:
         """A heartbeat heard now (through the queue, or the operator's own registration)."""
+        if heartbeat.hostname in self.peers:
+            self._retire_peer(heartbeat.hostname, row_listed=False)
+            return
         if self._heard_wall or self._shown:
             for unsettled in self._unsettled:
                 unsettled.pop(heartbeat.hostname, None)
@@ -249,7 +257,11 @@ class FleetTracker:
             self._rows_written_until = failing_since - timedelta(seconds=self.clock_skew)
         for module in status.get("modules") or ():
             evidence = seeding.from_status_module(module, now, defaults.STATUS_REFRESH_INTERVAL)
-            if evidence is not None:
+            if evidence is None:
+                continue
+            if evidence.hostname in self.peers:
+                self._retire_peer(evidence.hostname, row_listed=False)
+            else:
                 self._seed(evidence, now)
 
     def on_manager_rows(self, rows: list[ModuleRecord]) -> None:
@@ -263,6 +275,9 @@ class FleetTracker:
         for row in rows:
             if self.writer.owes(row.hostname):
                 continue  # a write is on its way: the row is about to change anyway
+            if row.hostname in self.peers:
+                self._retire_peer(row.hostname, row_listed=True)
+                continue
             evidence = seeding.from_manager_row(
                 row, now, inactive_after, self.refresh_interval, self._rows_written_until
             )
@@ -278,6 +293,26 @@ class FleetTracker:
         if self.verdicts_allowed:
             self._settle_seeds()
         self._wake.set()
+
+    def _retire_peer(self, hostname: str, *, row_listed: bool) -> None:
+        """Remove another replica's own row without a verdict: once, and again whenever the
+        Manager still lists it (a DELETE that was lost)."""
+        first = hostname not in self._retired
+        if first:
+            self._retired.add(hostname)
+            logger.info(
+                "%s/%s: %s is another replica of this operator, not a worker: its own row is "
+                "removed without a verdict",
+                *self._labels,
+                hostname,
+            )
+            for unsettled in self._unsettled:
+                unsettled.pop(hostname, None)
+            if self.fleet.get(hostname) is not None:
+                self.fleet.forget(hostname)
+                self._changed()
+        if first or (row_listed and not self.writer.owes(hostname)):
+            self.writer.retire(hostname)
 
     def _evidence_clock(self) -> datetime:
         """Now, minus the skew bound: every silence proven from another clock is shortened."""

@@ -73,8 +73,21 @@ def test_the_image_runs_as_65532_on_a_read_only_root_and_gets_ready(
     ready = time.monotonic() - started
     print(f"\nimage start-up: liveness after {live:.1f} s, exchange Ready after {ready:.1f} s")
 
-    assert operator.container is not None
-    pid = container_state(operator.container)["pid"]
+    assert operator.containers
+    for container in operator.containers:
+        check_confinement(container_state(container)["pid"])
+
+    # The operator registered itself in the Manager under the container's host name.
+    # (With several replicas, ``pytest --replicas``: the owner's.)
+    own = resource["status"].get("owner", "overseer-operator")
+    rows = {row["hostname"]: row["type"] for row in manager.modules(exchange.exchange_id)}
+    assert rows == {"builder-1": "builder", own: "overseer"}
+    assert resource["status"]["workers"]["total"] == 2
+    assert "getuser" not in operator.logs()
+
+
+def check_confinement(pid: int) -> None:
+    """The process runs as 65532, without capabilities, on a read-only root with a tmpfs /tmp."""
     status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
     uids = re.search(r"^Uid:\s+(.*)$", status, re.MULTILINE).group(1).split()
     assert set(uids) == {str(IMAGE_UID)}, uids
@@ -85,12 +98,6 @@ def test_the_image_runs_as_65532_on_a_read_only_root_and_gets_ready(
     assert "ro" in root[5].split(","), root
     (tmp,) = [line.split(" - ")[1].split() for line in mounts if line.split()[4] == "/tmp"]
     assert tmp[0] == "tmpfs"
-
-    # The operator registered itself in the Manager under the container's host name.
-    rows = {row["hostname"]: row["type"] for row in manager.modules(exchange.exchange_id)}
-    assert rows == {"builder-1": "builder", "overseer-operator": "overseer"}
-    assert resource["status"]["workers"]["total"] == 2
-    assert "getuser" not in operator.logs()
 
 
 def test_worker_health_through_the_image(

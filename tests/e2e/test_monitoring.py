@@ -57,9 +57,7 @@ def test_offline_alert_fires_and_resolves_and_every_dashboard_query_answers(
     )
     workers.alive.update({"builder-1": "builder", "builder-2": "builder"})
     operator = start_operator(namespace)
-    prometheus = start_prometheus(
-        [f"127.0.0.1:{operator.metrics_port}"], [rules_with_short_for(tmp_path)]
-    )
+    prometheus = start_prometheus(operator.metrics_targets, [rules_with_short_for(tmp_path)])
     active = f'sum(overseer_workers{{namespace="{namespace}", name="watched", state="active"}})'
     eventually(
         lambda: [s["value"][1] for s in prometheus.query(active)] == ["3"],

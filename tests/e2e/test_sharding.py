@@ -27,6 +27,11 @@ from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.ownership import JITTER, preferred
 from tests.fixtures.manager import CLIENT_SECRET
 from tests.fixtures.operator import (
+    FAILURE_RETRY,
+    LEASE_DURATION,
+    RENEW_DEADLINE,
+    REQUEST_TIMEOUT,
+    RETRY,
     Exchange,
     OperatorProcess,
     Workers,
@@ -37,33 +42,14 @@ from tests.fixtures.operator import (
     manager_states,
     manager_writes,
     provision,
+    sharded,
 )
 from tests.proxy import Mode, TcpProxy, kubeconfig_through, server_address
 
 pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
 
-LEASE_DURATION, RENEW_DEADLINE, RETRY, FAILURE_RETRY = 8.0, 6.0, 1.0, 0.5
-REQUEST_TIMEOUT = 2.0
 # docs/sharding.md "Timings, by arithmetic", with the scaled values: 6 - 1.2 - 0.5 - 2 = 2.3 s.
 OUTAGE_TOLERANCE = RENEW_DEADLINE - JITTER * RETRY - FAILURE_RETRY - REQUEST_TIMEOUT
-
-
-def sharded(namespace: str, **extra: str) -> dict[str, str]:
-    return {
-        "SHARDING": "on",
-        "POD_NAMESPACE": namespace,
-        "LEASE_DURATION": f"{int(LEASE_DURATION)}s",
-        "LEASE_RENEW_DEADLINE": f"{int(RENEW_DEADLINE)}s",
-        "LEASE_RETRY_PERIOD": f"{int(RETRY)}s",
-        "LEASE_FAILURE_RETRY": f"{int(FAILURE_RETRY * 1000)}ms",
-        "LEASE_REQUEST_TIMEOUT": f"{int(REQUEST_TIMEOUT)}s",
-        "MEMBER_LEASE_DURATION": "3s",
-        "MEMBER_ELIGIBLE_AFTER": "2s",
-        "HANDOVER_INTERVAL": "300ms",
-        "CLOCK_SKEW_BOUND": "1s",
-        "ORPHAN_LEASE_AFTER": "4s",
-        **extra,
-    }
 
 
 @dataclass
@@ -247,7 +233,7 @@ def replica(
     env = sharded(namespace, OAUTH_CLIENT_ID=identity)
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
-    return start_operator(namespace, identity=identity, **env)
+    return start_operator(namespace, replicas=1, identity=identity, **env)
 
 
 @pytest.fixture
@@ -350,7 +336,7 @@ def test_scale_1_2_3_moves_each_exchange_at_most_once_per_step(
     kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
 ):
     start_estate(estate, kubectl, amqp_url, {"inactiveAfter": "6s", "offlineAfter": "12s"})
-    a = start_operator(namespace, identity="op-a", **sharded(namespace))
+    a = start_operator(namespace, replicas=1, identity="op-a", **sharded(namespace))
     wait_for_owners(estate, coordination, ["op-a"])
     eventually(lambda: all_workers_active(estate, manager), timeout=60, what="workers active")
     resource = get_exchange(kubectl, namespace, "mx-0")
@@ -359,10 +345,10 @@ def test_scale_1_2_3_moves_each_exchange_at_most_once_per_step(
     assert "OWNER" in wide and "op-a" in wide
 
     step_1 = time.monotonic()
-    b = start_operator(namespace, identity="op-b", **sharded(namespace))
+    b = start_operator(namespace, replicas=1, identity="op-b", **sharded(namespace))
     wait_for_owners(estate, coordination, ["op-a", "op-b"])
     step_2 = time.monotonic()
-    c = start_operator(namespace, identity="op-c", **sharded(namespace))
+    c = start_operator(namespace, replicas=1, identity="op-c", **sharded(namespace))
     wait_for_owners(estate, coordination, ["op-a", "op-b", "op-c"])
     step_3 = time.monotonic()
     time.sleep(8)  # longer than inactiveAfter: any verdict the handovers caused would show
@@ -386,6 +372,49 @@ def test_scale_1_2_3_moves_each_exchange_at_most_once_per_step(
         assert owner == holders(coordination, namespace)[name]
 
 
+@pytest.mark.parametrize("estate", [1], indirect=True)
+def test_a_rebalance_while_the_manager_is_down_judges_nobody_by_the_old_owners_row(
+    kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
+):
+    """The old owner lives on, but the Manager was down while it handed the exchange over, so
+    its own row stayed. That row is not a worker's: the new owner deletes it, never writes it
+    inactive. (Found by the suite run with two replicas: the row went inactive, then offline.)"""
+    start_estate(estate, kubectl, amqp_url, {"inactiveAfter": "3s", "offlineAfter": "6s"})
+    exchange = estate.exchanges["mx-0"]
+    a = start_operator(namespace, replicas=1, identity="op-a", **sharded(namespace))
+    wait_for_owners(estate, coordination, ["op-a"])
+    eventually(
+        lambda: (
+            all_workers_active(estate, manager)
+            and manager_states(manager, exchange.exchange_id).get("op-a") == "active"
+        ),
+        timeout=60,
+        what="the workers and op-a's own row active",
+    )
+    uid = estate.uids["mx-0"]
+    newcomer = next(
+        f"op-{i}" for i in range(2, 100) if preferred(uid, ["op-a", f"op-{i}"]) != "op-a"
+    )
+
+    manager.set_unavailable(True)
+    b = start_operator(namespace, replicas=1, identity=newcomer, **sharded(namespace))
+    wait_for_owners(estate, coordination, ["op-a", newcomer])
+    assert "op-a" in manager_states(manager, exchange.exchange_id)  # its DELETE failed
+    manager.set_unavailable(False)
+    eventually(
+        lambda: "op-a" not in manager_states(manager, exchange.exchange_id),
+        timeout=30,
+        what="op-a's own row removed by the new owner",
+    )
+    time.sleep(8)  # past offlineAfter
+    calls = manager_calls(manager, exchange.exchange_id, "op-a")
+    print(f"\nREBALANCE, MANAGER DOWN: op-a's row {calls}; fenced {fenced(a, b)}")
+    assert ("POST", "inactive") not in calls, calls
+    assert false_transitions(estate, manager) == []
+    assert all_workers_active(estate, manager)
+    assert a.alive() and fenced(a, b) == 0
+
+
 def test_sigterm_then_sigkill_of_an_owner(
     kubectl, namespace, manager, amqp_url, estate, start_operator, coordination
 ):
@@ -394,7 +423,7 @@ def test_sigterm_then_sigkill_of_an_owner(
         estate, kubectl, amqp_url, {"inactiveAfter": "20s", "offlineAfter": "40s"}, refresh="2s"
     )
     operators = {
-        identity: start_operator(namespace, identity=identity, **sharded(namespace))
+        identity: start_operator(namespace, replicas=1, identity=identity, **sharded(namespace))
         for identity in ("op-a", "op-b")
     }
     owners = wait_for_owners(estate, coordination, ["op-a", "op-b"])
@@ -410,7 +439,7 @@ def test_sigterm_then_sigkill_of_an_owner(
     operators[victim].process.wait(30)
 
     # A replacement joins; the distribution settles again.
-    operators["op-c"] = start_operator(namespace, identity="op-c", **sharded(namespace))
+    operators["op-c"] = start_operator(namespace, replicas=1, identity="op-c", **sharded(namespace))
     owners = wait_for_owners(estate, coordination, [survivor, "op-c"])
 
     # SIGKILL: a worker of the victim's exchange went silent 3 s before the crash.
@@ -482,8 +511,8 @@ def test_racing_replicas_a_deleted_lease_and_an_exchange_deleted_mid_handover(
     # Two replicas: exactly one holds the Lease, the one HRW prefers once both are eligible (the
     # race itself, two writes on one resourceVersion, is tests/integration/test_leases.py).
     env = sharded(namespace)
-    a = start_operator(namespace, identity="op-a", **env)
-    b = start_operator(namespace, identity="op-b", **env)
+    a = start_operator(namespace, replicas=1, identity="op-a", **env)
+    b = start_operator(namespace, replicas=1, identity="op-b", **env)
     holder = wait_for_owners(estate, coordination, ["op-a", "op-b"])["mx-0"]
     eventually(lambda: all_workers_active(estate, manager), timeout=60, what="workers active")
     eventually(

@@ -19,6 +19,7 @@ from tests.fixtures.operator import (
     get_exchange,
     manager_calls,
     manager_states,
+    monitored_by,
     publish,
 )
 
@@ -44,7 +45,7 @@ def test_workers_go_active_inactive_offline_and_come_back(
                 "builder-1": "active",
                 "deployer-1": "active",
                 "builder-2": "active",
-                "overseer-e2e": "active",
+                monitored_by(kubectl, namespace, "fleet"): "active",
             }
         ),
         timeout=60,
@@ -61,9 +62,8 @@ def test_workers_go_active_inactive_offline_and_come_back(
     assert condition(resource, "Ready")["status"] == "True"
     assert condition(resource, "BrokerConnected")["status"] == "True"
     assert resource["status"]["observedGeneration"] == resource["metadata"]["generation"]
-    overseer = [
-        row for row in manager.modules(exchange.exchange_id) if row["hostname"] == "overseer-e2e"
-    ]
+    own = monitored_by(kubectl, namespace, "fleet")
+    overseer = [row for row in manager.modules(exchange.exchange_id) if row["hostname"] == own]
     assert overseer[0]["type"] == "overseer"
 
     # builder-2 goes quiet: inactive after 4 s, offline (deleted) after 8 s, in that order.

@@ -1,5 +1,6 @@
 """A lost claim stops its monitor synchronously (``Coordinator.lose`` calls ``Claim.on_lost``),
-before the daemon's next look at its stop flag and before anything else on the loop runs."""
+before the daemon's next look at its stop flag and before anything else on the loop runs; and who
+the coordinator knows as its peers, whose own rows a new owner removes without a verdict."""
 
 from __future__ import annotations
 
@@ -29,6 +30,19 @@ async def test_a_lost_claim_halts_its_monitor_before_the_step_down_is_even_seen(
     assert len(seen) == 1
     for task in list(coordinator._side_tasks):  # the OwnerLost Event, refused by port 9
         await task
+    await unused.aclose()
+
+
+async def test_every_other_holder_seen_is_a_peer_and_stays_one() -> None:
+    """A replica that handed an exchange over is still a replica once it released its member
+    Lease on the way out: its own row in an exchange is never a worker's."""
+    unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))
+    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    coordinator._see(LeaseRecord("overseer-member-op-b", "member", "op-b"))
+    coordinator._see(LeaseRecord("overseer-mx-u1", "exchange", "op-c"))
+    coordinator._see(LeaseRecord("overseer-mx-u2", "exchange", "op-a"))
+    coordinator._see(LeaseRecord("overseer-member-op-b", "member", ""))  # released
+    assert coordinator.peers == {"op-b", "op-c"}
     await unused.aclose()
 
 

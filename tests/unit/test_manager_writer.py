@@ -106,6 +106,23 @@ async def test_a_returning_worker_replaces_what_was_still_owed(writer, manager_e
     assert [row["status"] for row in manager_emulator.modules(EXCHANGE_ID)] == ["active"]
 
 
+async def test_a_retired_row_is_deleted_without_inactive_and_survives_an_outage(
+    writer, manager_emulator
+):
+    """Another replica's own row: whatever was owed for it, only a DELETE goes out, retried
+    through an outage."""
+    manager_emulator.put_module(EXCHANGE_ID, "replica-b", "overseer", "active")
+    manager_emulator.set_unavailable(True)
+    writer.apply(transition("replica-b", WorkerState.ACTIVE, WorkerState.INACTIVE))
+    writer.retire("replica-b")
+    assert writer.pending == 1
+    await asyncio.sleep(0.2)
+    manager_emulator.set_unavailable(False)
+    await settled(writer)
+    assert writes(manager_emulator) == [("DELETE", "replica-b", None)]
+    assert manager_emulator.modules(EXCHANGE_ID) == []
+
+
 async def test_a_manager_outage_loses_nothing_and_is_reported(writer, manager_emulator, health):
     manager_emulator.set_unavailable(True)
     for index in range(5):

@@ -44,6 +44,7 @@ class RecordingWriter:
         self.applied: list[Transition] = []
         self.refreshes: list[str] = []
         self.marked: list[str] = []
+        self.retired: list[str] = []
         self.owed: set[str] = set()
 
     def apply(self, transition: Transition) -> None:
@@ -55,6 +56,10 @@ class RecordingWriter:
 
     def mark_written(self, hostname: str) -> None:
         self.marked.append(hostname)
+
+    def retire(self, hostname: str) -> None:
+        self.retired.append(hostname)
+        self.owed.add(hostname)
 
     def owes(self, hostname: str) -> bool:
         return hostname in self.owed
@@ -433,6 +438,31 @@ def test_rows_left_while_the_manager_writes_failed_do_not_prove_the_outage_as_si
     harness.clocks.advance(2)
     harness.sweep()
     assert harness.verdicts() == [("w1", ACTIVE, INACTIVE)]
+
+
+def test_another_replicas_own_row_is_removed_without_a_verdict(harness):
+    """A previous owner, alive and now another replica's peer, whose DELETE of its own row
+    failed in the handover: its row, its status entry and its last own heartbeat (read from
+    the backlog) are not a worker's. The row is deleted, never written inactive."""
+    tracker = harness.tracker
+    tracker.peers = {"replica-b"}
+    recent = WALL0 - timedelta(seconds=5)
+    tracker.seed_from_status({"modules": [status_module("replica-b", "active", recent)]})
+    tracker.on_manager_rows([row("replica-b", "active", recent), row("w1", "active", recent)])
+    harness.consume()
+    harness.beat("replica-b", "overseer")
+    harness.beat("w1")
+    assert harness.writer.retired == ["replica-b"]
+    assert tracker.fleet.get("replica-b") is None
+    assert tracker.fleet.counts[ACTIVE] == 1
+    harness.clocks.advance(1300)  # past offlineAfter
+    harness.sweep()
+    assert harness.verdicts() == [("w1", ACTIVE, INACTIVE), ("w1", INACTIVE, OFFLINE)]
+    # Listed again once the DELETE is through (it was lost): deleted again.
+    harness.writer.acknowledge_all()
+    tracker.on_manager_rows([row("replica-b", "active", recent)])
+    assert harness.writer.retired == ["replica-b", "replica-b"]
+    assert harness.verdicts()[-1] == ("w1", INACTIVE, OFFLINE)
 
 
 # The sweeper loop
