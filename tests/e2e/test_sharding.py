@@ -46,7 +46,11 @@ from tests.fixtures.operator import (
 )
 from tests.proxy import Mode, TcpProxy, kubeconfig_through, server_address
 
-pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("crd_installed")]
+pytestmark = [
+    pytest.mark.testbed,
+    pytest.mark.own_replicas,
+    pytest.mark.usefixtures("crd_installed"),
+]
 
 # docs/sharding.md "Timings, by arithmetic", with the scaled values: 6 - 1.2 - 0.5 - 2 = 2.3 s.
 OUTAGE_TOLERANCE = RENEW_DEADLINE - JITTER * RETRY - FAILURE_RETRY - REQUEST_TIMEOUT
