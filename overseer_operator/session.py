@@ -195,11 +195,14 @@ class Session:
             if not now:
                 await asyncio.sleep(self.reconcile_interval() * random.uniform(0.8, 1.0))
             now = False
-            rows = await self._from_manager(
-                lambda: self.client.list_modules(self.spec.exchange_id),
-                "list the exchange's modules",
+            # Not kept in a local: this frame sleeps until the next listing, and a listing is
+            # about 640 bytes a row (6 MiB at 10 x 1,000 workers, held for nothing).
+            self._owner.on_manager_rows(
+                await self._from_manager(
+                    lambda: self.client.list_modules(self.spec.exchange_id),
+                    "list the exchange's modules",
+                )
             )
-            self._owner.on_manager_rows(rows)
 
     async def _from_manager(self, call: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
         """Retry a Manager read until it succeeds, reporting each outcome to the owner."""
