@@ -1,4 +1,5 @@
-"""The benchmark runner's smoke check: ``python -m benchmarks.run --quick`` produces every row.
+"""The benchmarks' smoke checks: ``python -m benchmarks.run --quick`` produces every row, and
+``benchmarks.memory`` its readings.
 
 A tiny fleet, seconds of windows: the figures mean nothing and are not checked (no timing is
 asserted anywhere in the tests); what is checked is that the runner drives the operator, the
@@ -51,3 +52,21 @@ def test_quick_run_reports_every_row(testbed: Testbed, tmp_path: Path) -> None:
         assert row["how"] and row["goal"], row
     for name in ROWS:  # the printed table has the same rows
         assert f"| {name} |" in finished.stdout
+
+
+def test_memory_benchmark_reports_each_reading(testbed: Testbed) -> None:
+    """``python -m benchmarks.memory`` at a tiny scale: the idle reading, the registered one and
+    the readings after it (the figures are not checked)."""
+    args = ["--exchanges", "2", "--workers-per-exchange", "20", "--interval", "1"]
+    args += ["--minutes", "0.1", "--every", "2", "--no-pin"]
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert finished.returncode == 0, finished.stderr[-5000:]
+    lines = finished.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["idle", "registered"], lines
+    assert any(line.startswith("+") and "B per worker" in line for line in lines[3:]), lines
