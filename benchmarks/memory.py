@@ -1,5 +1,7 @@
 """The operator's RSS over time under a steady fleet: idle, once the fleet registered, then every
-``--every`` seconds, each beside the idle operator (same exchanges, before any heartbeat).
+``--every`` seconds, each beside the idle operator (same exchanges, before any heartbeat), with the
+broker's backlog on the exchanges' queues and the workers judged inactive or offline so far (a
+steady fleet must show neither growing).
 
 ``benchmarks.run`` reads the RSS once, at the end of its steady window; this shows *when* memory
 grows: at registration, or later, e.g. at the Manager reconciliations (every ``inactiveAfter / 2``,
@@ -7,6 +9,7 @@ at most 5 minutes, so the default run lasts past the first two). Same test bed, 
 processes as ``benchmarks.run``.
 
     python -m benchmarks.memory                                  # 10 x 1,000 workers, 11 minutes
+    python -m benchmarks.memory --exchanges 100 --minutes 10     # 100,000 workers
     python -m benchmarks.memory --env MALLOC_MMAP_THRESHOLD_=131072   # the operator with a variant
 """
 
@@ -17,7 +20,16 @@ import re
 import time
 from pathlib import Path
 
-from benchmarks.run import broker_pinned, depths, testbed_session, wait_until
+from benchmarks.run import (
+    Bed,
+    Exchanges,
+    Operator,
+    broker_pinned,
+    depths,
+    metric_sum,
+    testbed_session,
+    wait_until,
+)
 
 
 def status_line(pid: int, idle_rss: int, workers: int) -> str:
@@ -31,6 +43,16 @@ def status_line(pid: int, idle_rss: int, workers: int) -> str:
         f"RSS {rss / 2**20:6.1f} MiB, anonymous {kib('RssAnon') / 1024:6.1f} MiB, "
         f"beyond idle {(rss - idle_rss) / workers:6,.0f} B per worker"
     )
+
+
+def fleet_line(bed: Bed, exchanges: Exchanges, operator: Operator) -> str:
+    backlog = sum(messages for messages, _ in depths(bed, exchanges.queues))
+    text = operator.metrics() or ""
+    judged = sum(
+        metric_sum(text, "overseer_worker_transitions_total", state=state)
+        for state in ("inactive", "offline")
+    )
+    return f"backlog {backlog:7,} messages, judged inactive/offline {judged:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() - registered < args.minutes * 60:
             time.sleep(args.every)
             moment = time.monotonic() - registered
-            print(f"+{moment:5.0f} s    {status_line(pid, idle_rss, workers)}", flush=True)
+            fleet = fleet_line(bed, exchanges, operator)
+            print(f"+{moment:5.0f} s    {status_line(pid, idle_rss, workers)}; {fleet}", flush=True)
     return 0
 
 
