@@ -268,6 +268,7 @@ class ExchangeMonitor:
             await asyncio.wait_for(session.client.aclose(), defaults.SHUTDOWN_TIMEOUT)
 
     async def _shut_down(self, stopped: Stopped) -> None:
+        self.tracker.stop_judging()
         deleted = _stopped_because_deleted(stopped)
         # With several replicas: ``fenced``, another may own the exchange already (no write at
         # all); ``handover``, the next owner seeds from what is written here.

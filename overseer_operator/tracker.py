@@ -73,6 +73,7 @@ class FleetTracker:
         self.backlog = Backlog(clock)
         self.broker: BrokerStatus | None = None
         self._ingest_shown: Verdict | None = None  # the CaughtUp verdict last made visible
+        self._judging = True  # False once the monitor stops or hands over: for good
         self.refresh_interval = defaults.REFRESH_INTERVAL
         # Evidence from another process's wall clock is a lower bound only after this is taken
         # off (a bound on the clock skew between replicas).
@@ -117,7 +118,14 @@ class FleetTracker:
     @property
     def verdicts_allowed(self) -> bool:
         consuming = self.broker is not None and self.broker.state is BrokerState.CONSUMING
-        return consuming and self.backlog.caught_up
+        return self._judging and consuming and self.backlog.caught_up
+
+    def stop_judging(self) -> None:
+        """The monitor is stopping or handing over: from here on nobody will read the queue to
+        the end, so the fleet's clock stops for good and no worker is judged (a flush waiting
+        for a Manager that is down would otherwise let thresholds pass on unread heartbeats)."""
+        self._judging = False
+        self._verdicts_may_have_changed()
 
     def ingest_verdict(self) -> Verdict:
         """What the ``CaughtUp`` condition says."""

@@ -440,6 +440,22 @@ def test_rows_left_while_the_manager_writes_failed_do_not_prove_the_outage_as_si
     assert harness.verdicts() == [("w1", ACTIVE, INACTIVE)]
 
 
+def test_a_monitor_that_stops_judging_gives_no_verdict_whatever_time_passes(harness):
+    """A replica handing over stops consuming, then waits (up to 5 s) for a Manager that is
+    down: with 3 s thresholds its sweeper wrote beating workers inactive meanwhile (a CI run).
+    Heartbeats still read (its own, drained back) are recorded; nobody is judged."""
+    harness.consume()
+    harness.beat("w1")
+    harness.tracker.stop_judging()
+    assert not harness.tracker.verdicts_allowed
+    harness.tracker.on_queue_reading(QueueReading(0, 0))  # a reading cannot resume the clock
+    harness.beat("w2")
+    harness.clocks.advance(1300)  # past offlineAfter
+    harness.sweep()
+    assert harness.verdicts() == []
+    assert {harness.state("w1"), harness.state("w2")} == {ACTIVE}
+
+
 def test_another_replicas_own_row_is_removed_without_a_verdict(harness):
     """A previous owner, alive and now another replica's peer, whose DELETE of its own row
     failed in the handover: its row, its status entry and its last own heartbeat (read from
