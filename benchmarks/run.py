@@ -524,6 +524,7 @@ def steady_fleet_and_restart(
     ]
     manager_rate = len(manager_writes) / minutes
     false_transitions = after["left_active"] - before["left_active"]
+    false_since_start = after["left_active"]  # registration and the round after it included
     growth = after["backlog"] - before["backlog"]
     kube = (after["kube"] - before["kube"]) / minutes / exchanges_count
     buckets = [0] * 10
@@ -539,10 +540,11 @@ def steady_fleet_and_restart(
             growth,
             None,
             "zero growth, zero false transitions",
-            growth <= 0.01 * workers and false_transitions == 0 and after["held"] == 0,
+            growth <= 0.01 * workers and false_since_start == 0 and after["held"] == 0,
             f"{fleet} ({workers / scale.interval:,.0f} msg/s; received {heartbeats / 60:,.0f}/s) "
             f"over {minutes:.1f} min: peak backlog {peak_backlog}, false transitions "
-            f"{false_transitions:.0f}, exchanges holding verdicts at the end {after['held']:.0f}",
+            f"{false_transitions:.0f} ({false_since_start:.0f} since the operator started), "
+            f"exchanges holding verdicts at the end {after['held']:.0f}",
         )
     )
     rows.append(

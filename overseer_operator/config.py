@@ -239,6 +239,8 @@ class OperatorEnvironment:
     # default the lease timings' bound with sharding on, else none).
     clock_skew: float = 0.0
     broker_relookup_interval: float = defaults.BROKER_RELOOKUP_INTERVAL
+    # A Manager write owed longer than this makes ManagerSynced False (ManagerBehind).
+    manager_write_lateness_allowed: float = defaults.MANAGER_WRITE_LATENESS_ALLOWED
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> OperatorEnvironment:
@@ -270,6 +272,11 @@ class OperatorEnvironment:
                 parse_duration(relookup)
                 if (relookup := get("BROKER_RELOOKUP_INTERVAL"))
                 else defaults.BROKER_RELOOKUP_INTERVAL
+            ),
+            manager_write_lateness_allowed=(
+                parse_duration(lateness)
+                if (lateness := get("MANAGER_WRITE_LATENESS_ALLOWED"))
+                else defaults.MANAGER_WRITE_LATENESS_ALLOWED
             ),
         )
 

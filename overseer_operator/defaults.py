@@ -24,6 +24,9 @@ STATUS_MIN_INTERVAL = 1.0  # a burst of changes becomes one status patch
 CONFIG_RETRY_INTERVAL = 10.0  # missing or refused Secrets are read again this often
 SHUTDOWN_TIMEOUT = 5.0  # for each last call at shutdown (final status, deregistration, close)
 MANAGER_TIMEOUT = 10.0  # per Manager or OAuth request attempt
+# A write owed longer than this makes ManagerSynced False (ManagerBehind): the rows' age is then
+# no proof of silence for the next process (see manager_writer and seeding).
+MANAGER_WRITE_LATENESS_ALLOWED = 60.0
 KUBERNETES_TIMEOUT = 15.0  # per Kubernetes API request
 BROKER_CONNECT_TIMEOUT = 10.0
 BROKER_RETRY_INTERVAL = 5.0

@@ -13,6 +13,15 @@ worker is a plain tuple of strings and ints (operations as strings, not enum mem
 tracked objects), replaced on every change: CPython stops tracking such tuples, so the full
 collections a mass transition triggers do not scan 100,000 owed records (see ``fleet``).
 
+How late the writes are is part of the record. A restarted operator reads the age of an
+``active`` row as its worker's silence minus one ``refreshInterval``; that holds only while every
+owed write reaches the Manager promptly. So the writer reports ``ManagerSynced=False`` (reason
+``ManagerBehind``) once a write has been owed for ``MANAGER_WRITE_LATENESS_ALLOWED`` (a Manager
+slower than the fleet's refreshes, a mass registration), and ``True`` again once nothing owed is
+older than half that: the next process counts no row's age past the moment it went ``False``
+(see ``seeding``). The queue is oldest first (a write put back keeps its place at the head), so
+the lateness is the age of its head or of a write in flight.
+
 The writer belongs to the monitor and outlives sessions: ``attach`` gives it the client of the
 current session; until then (and while the Manager is down) writes simply accumulate.
 """
@@ -69,6 +78,7 @@ class ManagerWriter:
         *,
         concurrency: int = 4,
         backoff: Backoff | None = None,
+        lateness_allowed: float = defaults.MANAGER_WRITE_LATENESS_ALLOWED,
     ) -> None:
         self.refresh_interval = refresh_interval
         self._exchange_id = exchange_id
@@ -80,12 +90,14 @@ class ManagerWriter:
         self._client: ManagerClient | None = None
         self._attached = asyncio.Event()
         self._owed: dict[str, _Owed] = {}
-        self._ready: deque[str] = deque()  # workers with work, each once
-        # In _ready. A dict, not a set: a dict of strings and None is untracked by the garbage
-        # collector, a set is traversed entry by entry by every collection (a mass transition
-        # queues 100,000).
-        self._queued: dict[str, None] = {}
-        self._in_flight: set[str] = set()
+        self._ready: deque[str] = deque()  # workers with work, each once, oldest first
+        # In _ready, with the time their write became owed. A dict, not a set: a dict of strings
+        # and floats is untracked by the garbage collector, a set is traversed entry by entry by
+        # every collection (a mass transition queues 100,000).
+        self._queued: dict[str, float] = {}
+        self._in_flight: dict[str, float] = {}
+        self._lateness_allowed = lateness_allowed
+        self._behind = False
         self._pending = 0
         self._written_at: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -96,6 +108,14 @@ class ManagerWriter:
     def pending(self) -> int:
         """Operations owed to the Manager and not yet acknowledged by it."""
         return self._pending
+
+    def lateness(self) -> float:
+        """How long the oldest write still owed has waited, in seconds (0.0: none is owed)."""
+        oldest = min(self._in_flight.values(), default=None)
+        if self._ready:
+            head = self._queued[self._ready[0]]
+            oldest = head if oldest is None else min(oldest, head)
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     def owes(self, hostname: str) -> bool:
         """Whether a write for ``hostname`` is still owed (or in flight)."""
@@ -180,12 +200,20 @@ class ManagerWriter:
             now -= self.refresh_interval * (1.0 - refresh_phase(hostname))
         self._written_at[hostname] = now
 
-    def _queue(self, hostname: str) -> None:
+    def _queue(self, hostname: str, owed_since: float | None = None) -> None:
+        """Put ``hostname`` in line: at the end, or, for a write put back (``owed_since``), at
+        the head, which keeps the line oldest first."""
         if hostname not in self._queued and hostname not in self._in_flight:
-            self._queued[hostname] = None
-            self._ready.append(hostname)
+            if owed_since is None:
+                self._queued[hostname] = self._clock()
+                self._ready.append(hostname)
+            else:
+                self._queued[hostname] = owed_since
+                self._ready.appendleft(hostname)
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
         self._wake.set()
+        if not self._behind and self.lateness() > self._lateness_allowed:
+            self._report_lateness()
 
     async def run(self) -> None:
         """Write what is owed until cancelled, once a client is attached."""
@@ -199,40 +227,43 @@ class ManagerWriter:
                 await self._wake.wait()
                 continue
             hostname = self._ready.popleft()
-            del self._queued[hostname]
-            self._in_flight.add(hostname)
+            owed_since = self._in_flight[hostname] = self._queued.pop(hostname)
             try:
-                await self._write(hostname)
+                done = await self._write(hostname)
             finally:
-                self._in_flight.discard(hostname)
+                del self._in_flight[hostname]
                 if self._owed[hostname][2]:
-                    self._queue(hostname)
+                    self._queue(hostname, owed_since)
                 else:
                     del self._owed[hostname]
+            if done:
+                self._report_lateness()
 
-    async def _write(self, hostname: str) -> None:
+    async def _write(self, hostname: str) -> bool:
+        """Make the call owed first for ``hostname``; whether it is done with (written, or
+        refused for good) rather than still owed."""
         module_type, workload, operations = self._owed[hostname]
         if not operations:  # forgotten while queued
-            return
+            return False
         sequence, operation = operations[0]
         try:
             async with write_slots():  # operator-wide; never held across a backoff wait
                 if self._halted:  # while waiting for a slot
-                    return
+                    return False
                 await self._call(hostname, module_type, workload, operation)
         except ManagerRejected as error:
             if error.status == 404 and operation != "delete":
                 await self._failed(operation, Reason.MANAGER_UNREACHABLE, str(error))
-                return
+                return False
             # The Manager will never accept this record (e.g. 400): retrying cannot help.
             logger.error("Manager refused %s for %s, dropped: %s", operation, hostname, error)
             self._outcome(operation, "rejected")
         except ManagerUnauthorized as error:
             await self._failed(operation, Reason.MANAGER_UNAUTHORIZED, str(error))
-            return
+            return False
         except ManagerError as error:
             await self._failed(operation, Reason.MANAGER_UNREACHABLE, str(error))
-            return
+            return False
         else:
             self._outcome(operation, "success")
             if operation == "delete":
@@ -246,9 +277,37 @@ class ManagerWriter:
             self._pending -= 1
         self._backoff.reset()
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
+        return True
+
+    def _report_lateness(self) -> None:
+        """After a write, or when the head of the line grew too old: ``ManagerBehind`` past the
+        allowance, ``Synced`` once caught up (nothing owed, or nothing owed for long)."""
+        lateness, allowed = self.lateness(), self._lateness_allowed
         if not self._pending:
+            self._behind = False
             self._on_health(
                 Verdict(True, Reason.SYNCED, "every worker transition was written to the Manager")
+            )
+        elif lateness > allowed:
+            if not self._behind:
+                self._behind = True
+                self._on_health(
+                    Verdict(
+                        False,
+                        Reason.MANAGER_BEHIND,
+                        f"{self._pending} Manager writes pending, the oldest for {lateness:.0f} s "
+                        f"(more than {allowed:.0f} s): rows in the Manager may be stale",
+                    )
+                )
+        elif self._behind and lateness <= allowed / 2:
+            self._behind = False
+            self._on_health(
+                Verdict(
+                    True,
+                    Reason.SYNCED,
+                    f"Manager writes are current: {self._pending} pending, none owed for more "
+                    f"than {allowed / 2:.0f} s",
+                )
             )
 
     async def _call(

@@ -135,6 +135,7 @@ class Reason(StrEnum):
     # Transient problems: the operator keeps retrying by itself.
     BROKER_UNREACHABLE = "BrokerUnreachable"
     MANAGER_UNREACHABLE = "ManagerUnreachable"
+    MANAGER_BEHIND = "ManagerBehind"
     KUBERNETES_UNREACHABLE = "KubernetesUnreachable"
     # Sub-conditions.
     CONSUMING = "Consuming"

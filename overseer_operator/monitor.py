@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from overseer_operator import defaults, metrics
+from overseer_operator import defaults, metrics, seeding
 from overseer_operator.conditions import ConditionSet
 from overseer_operator.config import (
     ExchangeSpec,
@@ -103,11 +103,15 @@ class ExchangeMonitor:
             self._loop.time,
             self._on_manager_write,
             self._labels,
+            lateness_allowed=environment.manager_write_lateness_allowed,
         )
         self.tracker = FleetTracker(
             self._labels, self.writer, self.events, self.status_writer.mark_dirty, self._loop.time
         )
         self.tracker.clock_skew = environment.clock_skew
+        self.tracker.row_write_slack = seeding.row_write_slack(
+            environment.manager_write_lateness_allowed
+        )
         self.tracker.peers = peers
         self._tasks = Supervisor(self._labels)
         self.spec: ExchangeSpec | None = None

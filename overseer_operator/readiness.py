@@ -78,8 +78,8 @@ def ready_verdict(view: MonitorView) -> Verdict:
         return Verdict(False, view.config_error.reason, view.config_error.message)
     if broker is not None and broker.state not in (BrokerState.CONSUMING, BrokerState.CONNECTING):
         return Verdict(False, _BROKER_REASONS[broker.state], broker.message)
-    if manager is not None and not manager.status:
-        return manager
+    if manager is not None and not manager.status and manager.reason is not Reason.MANAGER_BEHIND:
+        return manager  # a Manager that is only slow leaves the monitor working (Ready stays)
     if broker is None or broker.state is BrokerState.CONNECTING:
         return Verdict(None, Reason.STARTING, "connecting to the broker")
     return Verdict(True, Reason.MONITORING, f"consuming heartbeats from queue {view.queue!r}")

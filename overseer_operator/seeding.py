@@ -12,9 +12,12 @@ A status's ``lastHeartbeatTime`` is also a proof of life: no record proves silen
 replica that handed an exchange over a second after it took it writes fresh heartbeat times in
 its final status but has not rewritten the rows yet; their age is no proof then.
 
-A row's age is proof of silence only while its writer could write: a previous owner whose
-Manager writes were failing (its last status says ``ManagerSynced=False`` since some moment) went
-on consuming heartbeats it could not write, so its rows prove silence up to that moment only.
+A row's age is proof of silence only while its writer could write, and wrote in time: a previous
+owner whose Manager writes were failing or late (its last status says ``ManagerSynced=False``
+since some moment) went on consuming heartbeats it did not write, so its rows prove silence up to
+that moment only. Before it, a write could still be ``ROW_WRITE_SLACK`` late (the lateness the
+writer allows, plus the time to notice and record that it was exceeded): every bound is that much
+shorter.
 Heartbeats after the writer stopped consuming wait in the queue, which is drained before any
 verdict; that is why a replica that loses an exchange stops consuming at once (``halt``).
 
@@ -28,9 +31,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from overseer_operator import defaults
 from overseer_operator.manager_client import ModuleRecord
 from overseer_operator.model import ConditionType, WorkerState
 from overseer_operator.times import parse_time
+
+
+def row_write_slack(lateness_allowed: float) -> float:
+    """How late a row may be while its writer reported ManagerSynced=True: the lateness it
+    allows, a call hanging until its timeout before the writer notices, and the status patch
+    that records it."""
+    return lateness_allowed + defaults.MANAGER_TIMEOUT + defaults.STATUS_MIN_INTERVAL
+
+
+ROW_WRITE_SLACK = row_write_slack(defaults.MANAGER_WRITE_LATENESS_ALLOWED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +109,17 @@ def from_manager_row(
     inactive_after: float,
     refresh_interval: float,
     written_until: datetime | None = None,
+    write_slack: float = ROW_WRITE_SLACK,
 ) -> Evidence:
     """One Manager module row; rows other than ``inactive`` count as active, as the legacy did.
-    ``written_until``: when the rows' writer stopped being able to write (None: it never did);
-    the row's age beyond that moment proves nothing."""
+    ``written_until``: when the rows' writer stopped being able to write in time (None: it never
+    did); the row's age beyond that moment proves nothing. ``write_slack``: how late a row may
+    be before that (``row_write_slack``)."""
     shown = WorkerState.INACTIVE if row.status == "inactive" else WorkerState.ACTIVE
     silent_for = None
     if row.updated_at is not None:
         until = now if written_until is None else min(now, written_until)
         age = max(0.0, seconds_since(row.updated_at, until))
         bound = age + inactive_after if shown is WorkerState.INACTIVE else age - refresh_interval
-        silent_for = max(0.0, bound)
+        silent_for = max(0.0, bound - write_slack)
     return Evidence(row.hostname, row.type, shown, silent_for, list(row.workload or []))

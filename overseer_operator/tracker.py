@@ -78,6 +78,8 @@ class FleetTracker:
         # Evidence from another process's wall clock is a lower bound only after this is taken
         # off (a bound on the clock skew between replicas).
         self.clock_skew = 0.0
+        # How late a row may be while its writer said it was not (seeding.row_write_slack).
+        self.row_write_slack = seeding.ROW_WRITE_SLACK
         # The other replicas of this operator (sharding; a live set): a row or heartbeat in a
         # peer's name is the own registration of an earlier owner, not a worker. Its silence
         # since the handover proves nothing, so it is removed without a verdict (retired).
@@ -287,7 +289,12 @@ class FleetTracker:
                 self._retire_peer(row.hostname, row_listed=True)
                 continue
             evidence = seeding.from_manager_row(
-                row, now, inactive_after, self.refresh_interval, self._rows_written_until
+                row,
+                now,
+                inactive_after,
+                self.refresh_interval,
+                self._rows_written_until,
+                self.row_write_slack,
             )
             known = self.fleet.get(evidence.hostname)
             if known is None or known.last_heartbeat_at is None:

@@ -168,6 +168,71 @@ def test_a_restart_after_a_manager_outage_longer_than_the_thresholds_flips_nobod
         workers.close()
 
 
+def test_a_crash_while_the_manager_lags_behind_the_refreshes_flips_nobody(
+    kubectl, namespace, manager, exchange, start_operator, amqp_url
+):
+    """The Manager accepts every write, but slowly (9 s each): the writer cannot refresh 16
+    workers' rows as often as they beat, so the rows age while every worker beats. The operator
+    crashes; a new one reads the rows. Their age is no proof of silence: the old status says the
+    writes were late since then (ManagerSynced=False, ManagerBehind), so the new process gives
+    every worker not yet heard a full threshold. Workers beat every 8 s, so most are not in the
+    backlog of the restart; before the fix they were written inactive, then DELETEd: at 100,000
+    workers a writer that falls behind its refreshes is the normal case, not an outage."""
+    hosts = [f"busy-{index}" for index in range(16)]
+    workers = Workers(amqp_url, exchange, interval=8.0)
+    try:
+        workers.alive.update(dict.fromkeys(hosts, "builder"))
+        apply_exchange(
+            kubectl,
+            namespace,
+            "lagging",
+            exchange,
+            thresholds={"inactiveAfter": "20s", "offlineAfter": "40s"},
+            manager={"refreshInterval": "1s"},
+        )
+        operator = start_operator(namespace, MANAGER_WRITE_LATENESS_ALLOWED="2s")
+        eventually(
+            lambda: all(
+                manager_states(manager, exchange.exchange_id).get(host) == "active"
+                for host in hosts
+            ),
+            timeout=60,
+            what="workers registered",
+        )
+        modules = f"/messaging/exchanges/{exchange.exchange_id}/"
+        manager.delay_next(10**6, 9.0, "POST", modules)  # under the client's 10 s timeout
+        time.sleep(45)  # every row refreshed about every 38 s instead of every 8 s
+        lagging = condition(get_exchange(kubectl, namespace, "lagging"), "ManagerSynced")
+        operator.kill()
+        manager.clear_faults()
+        restarted_at = time.monotonic()
+        restarted = start_operator(
+            namespace, identity="overseer-e2e-2", MANAGER_WRITE_LATENESS_ALLOWED="2s"
+        )
+        eventually(
+            lambda: (
+                condition(get_exchange(kubectl, namespace, "lagging"), "Ready")["status"] == "True"
+            ),
+            timeout=60,
+            what="Ready after the restart",
+        )
+        time.sleep(24)  # longer than inactiveAfter: a verdict from the stale rows would show
+        after = {
+            host: {
+                (method, status)
+                for at, method, status in manager_writes(manager, exchange.exchange_id, host)
+                if at >= restarted_at
+            }
+            for host in hosts
+        }
+        assert after == {host: {("POST", "active")} for host in hosts}
+        assert (lagging["status"], lagging["reason"]) == ("False", "ManagerBehind")
+        assert "rows in the Manager may be stale" in lagging["message"]
+        assert restarted.alive()
+    finally:
+        workers.close()
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(
         [str(REPO / "scripts" / "testbed"), "rabbitmqctl", *args],

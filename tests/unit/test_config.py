@@ -220,6 +220,7 @@ def test_environment_reads_every_variable_and_treats_empty_as_unset():
             "EXCHANGE_ID": "1",
             "BROKER_ID": "2",
             "SYSTEM_MODULES_QUEUE_NAME": "q",
+            "MANAGER_WRITE_LATENESS_ALLOWED": "2m",
         }
     )
     assert env == OperatorEnvironment(
@@ -234,6 +235,7 @@ def test_environment_reads_every_variable_and_treats_empty_as_unset():
         legacy_exchange_id="1",
         legacy_broker_id="2",
         legacy_queue="q",
+        manager_write_lateness_allowed=120.0,
     )
     assert "s3cret" not in repr(env)
 

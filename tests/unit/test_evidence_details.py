@@ -11,6 +11,7 @@ from overseer_operator.fleet import Fleet
 from overseer_operator.manager_client import ModuleRecord
 from overseer_operator.model import Heartbeat, Thresholds, WorkerState
 from overseer_operator.seeding import (
+    ROW_WRITE_SLACK,
     Evidence,
     from_manager_row,
     from_status_module,
@@ -51,11 +52,11 @@ def test_a_recent_status_entry_proves_no_silence_at_all():
 
 
 def test_a_manager_row_carries_its_hostname_type_and_workload():
-    updated = NOW - timedelta(minutes=2)
+    updated = NOW - timedelta(minutes=4)
     evidence = from_manager_row(
         ModuleRecord("w1", "deployer", "active", [{"job": 1}], updated), NOW, 600, 60
     )
-    assert evidence == Evidence("w1", "deployer", ACTIVE, 60.0, [{"job": 1}])
+    assert evidence == Evidence("w1", "deployer", ACTIVE, 180.0 - ROW_WRITE_SLACK, [{"job": 1}])
     undated = from_manager_row(ModuleRecord("w2", "builder", "weird", None, None), NOW, 600, 60)
     assert undated == Evidence("w2", "builder", ACTIVE, None, [])
 

@@ -12,11 +12,14 @@ import pytest
 
 from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.backoff import Backoff
+from overseer_operator.defaults import MANAGER_WRITE_LATENESS_ALLOWED
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID
+
+MODULES = f"/messaging/exchanges/{EXCHANGE_ID}/modules"  # not the token endpoint
 
 
 def transition(hostname: str, previous: WorkerState | None, current: WorkerState) -> Transition:
@@ -143,6 +146,47 @@ async def test_a_manager_outage_loses_nothing_and_is_reported(writer, manager_em
         "w4": "active",
     }
     assert (health[-1].status, health[-1].reason) == (True, Reason.SYNCED)
+
+
+async def test_a_write_owed_too_long_says_the_writer_is_behind_until_it_caught_up(
+    writer, manager_emulator, clock, health
+):
+    """A restarted operator reads an active row's age as its worker's silence: true only while
+    writes go out in time. A write owed longer than the allowance makes ManagerSynced False
+    (ManagerBehind, which the next process reads from the status); catching up makes it True."""
+    manager_emulator.delay_next(1, 0.5, method="POST", path_prefix=MODULES)
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    await asyncio.sleep(0.1)  # w1's POST is held by the Manager
+    clock.advance(MANAGER_WRITE_LATENESS_ALLOWED + 1)
+    assert health == []  # nothing noticed it yet
+    writer.apply(transition("w2", None, WorkerState.ACTIVE))  # the line is checked
+    assert writer.lateness() == pytest.approx(MANAGER_WRITE_LATENESS_ALLOWED + 1)
+    assert [(verdict.status, verdict.reason) for verdict in health] == [
+        (False, Reason.MANAGER_BEHIND)
+    ]
+    assert "the oldest for 61 s" in health[0].message
+    await settled(writer)
+    assert (health[-1].status, health[-1].reason) == (True, Reason.SYNCED)
+    assert writer.lateness() == 0.0
+
+
+async def test_a_writer_behind_is_current_again_once_nothing_owed_is_old(
+    writer, manager_emulator, clock, health
+):
+    manager_emulator.delay_next(1, 0.5, method="POST", path_prefix=MODULES)
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    await asyncio.sleep(0.1)
+    clock.advance(MANAGER_WRITE_LATENESS_ALLOWED + 1)
+    writer.apply(transition("w2", None, WorkerState.ACTIVE))
+    await asyncio.sleep(0.1)  # w2 written; w1 still held: behind
+    assert (health[-1].status, health[-1].reason) == (False, Reason.MANAGER_BEHIND)
+    manager_emulator.delay_next(1, 1.5, method="POST", path_prefix=MODULES)
+    writer.apply(transition("w3", None, WorkerState.ACTIVE))  # owed from now
+    await asyncio.sleep(0.6)  # w1 written; w3, just owed, still held
+    assert writer.pending == 1
+    assert (health[-1].status, health[-1].reason) == (True, Reason.SYNCED)
+    assert "1 pending" in health[-1].message
+    await settled(writer)
 
 
 async def test_refresh_only_after_the_interval(writer, manager_emulator, clock):

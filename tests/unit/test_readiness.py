@@ -122,3 +122,11 @@ def test_not_ready_says_why_and_stalls_only_on_configuration(changes, reason, st
             ready.reason,
             ready.message,
         )  # same reason and message, for kstatus and Argo CD
+
+
+def test_a_manager_that_is_only_slow_leaves_the_monitor_ready():
+    behind = Verdict(False, Reason.MANAGER_BEHIND, "7 Manager writes pending, the oldest for 61 s")
+    result = verdicts(view(manager=behind))
+    assert result["ManagerSynced"] == (False, Reason.MANAGER_BEHIND)
+    assert result["Ready"] == (True, Reason.MONITORING)
+    assert result["Stalled"] == (False, Reason.CONFIGURATION_VALID)

@@ -11,6 +11,7 @@ from overseer_operator.fleet import Fleet
 from overseer_operator.manager_client import ModuleRecord
 from overseer_operator.model import Thresholds, WorkerState
 from overseer_operator.seeding import (
+    ROW_WRITE_SLACK,
     from_manager_row,
     from_status_module,
     manager_writes_failing_since,
@@ -21,6 +22,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 MINUTE = 60.0
 PRODUCTION = Thresholds(10 * MINUTE, 20 * MINUTE)
 REFRESH = 5 * MINUTE
+SLACK = ROW_WRITE_SLACK / MINUTE  # minutes a row may be late while its writer says it is not
 
 
 def row(status: str, minutes_ago: float | None, hostname: str = "w1") -> ModuleRecord:
@@ -38,14 +40,16 @@ def seeded_state(silent_for: float | None, shown: WorkerState) -> WorkerState | 
 @pytest.mark.parametrize(
     ("status", "minutes_ago", "expected"),
     [
-        # An active row may be one refresh interval (5 min) behind its last heartbeat.
-        ("active", 14, WorkerState.ACTIVE),  # 14 - 5 = 9 < 10: no proof, a full threshold
-        ("active", 16, WorkerState.INACTIVE),  # 16 - 5 = 11 >= 10
-        ("active", 26, WorkerState.OFFLINE),  # 26 - 5 = 21 >= 20
+        # An active row may be one refresh interval (5 min) and the write slack (about 1.2 min)
+        # behind its last heartbeat.
+        ("active", 16, WorkerState.ACTIVE),  # 16 - 5 - 1.2 = 9.8 < 10: no proof, a full threshold
+        ("active", 17, WorkerState.INACTIVE),  # 17 - 5 - 1.2 = 10.8 >= 10
+        ("active", 26, WorkerState.INACTIVE),  # 26 - 5 - 1.2 = 19.8 < 20
+        ("active", 27, WorkerState.OFFLINE),  # 27 - 5 - 1.2 = 20.8 >= 20
         # An inactive row was written once the worker had been silent for 10 minutes already.
         ("inactive", 0, WorkerState.INACTIVE),  # 0 + 10
-        ("inactive", 9, WorkerState.INACTIVE),  # 9 + 10 = 19 < 20
-        ("inactive", 11, WorkerState.OFFLINE),  # 11 + 10 = 21
+        ("inactive", 11, WorkerState.INACTIVE),  # 11 + 10 - 1.2 = 19.8 < 20
+        ("inactive", 12, WorkerState.OFFLINE),  # 12 + 10 - 1.2 = 20.8
         # No updated_at: no proof.
         ("active", None, WorkerState.ACTIVE),
     ],
@@ -57,9 +61,9 @@ def test_manager_rows_prove_only_what_they_can(status, minutes_ago, expected):
     assert seeded_state(evidence.silent_for, evidence.shown) is expected
 
 
-def test_with_the_legacy_refresh_every_heartbeat_an_active_row_is_exact():
+def test_with_the_legacy_refresh_every_heartbeat_an_active_row_is_exact_but_for_the_slack():
     evidence = from_manager_row(row("active", 11), NOW, PRODUCTION.inactive_after, 0.0)
-    assert evidence.silent_for == pytest.approx(11 * MINUTE)
+    assert evidence.silent_for == pytest.approx((11 - SLACK) * MINUTE)
 
 
 def test_a_row_from_the_future_proves_nothing():
@@ -103,23 +107,25 @@ def test_a_status_entry_without_a_usable_time_proves_only_its_state(time):
 
 def test_rows_prove_silence_only_while_their_writer_could_write():
     """The previous owner's Manager writes failed from 20 minutes ago: it went on consuming and
-    acking heartbeats it could not write, so a 30-minute-old row proves 30 - 20 - 5 = 5 minutes,
-    not 25 (which would have been an offline verdict on a worker that may well be beating)."""
+    acking heartbeats it could not write, so a 30-minute-old row proves 30 - 20 - 5 - 1.2 = 3.8
+    minutes, not 25 (which would have been an offline verdict on a worker that may well be
+    beating)."""
     since = NOW - timedelta(minutes=20)
     evidence = from_manager_row(
         row("active", 30), NOW, PRODUCTION.inactive_after, REFRESH, written_until=since
     )
-    assert evidence.silent_for == pytest.approx(5 * MINUTE)
+    assert evidence.silent_for == pytest.approx((5 - SLACK) * MINUTE)
     assert seeded_state(evidence.silent_for, evidence.shown) is WorkerState.ACTIVE
     inactive = from_manager_row(
         row("inactive", 25), NOW, PRODUCTION.inactive_after, REFRESH, written_until=since
     )
-    assert inactive.silent_for == pytest.approx(15 * MINUTE)  # 10 when written, 5 more proven
+    # 10 when written, 5 more proven
+    assert inactive.silent_for == pytest.approx((15 - SLACK) * MINUTE)
     # A row written after the writes started failing (one went through) proves what it shows.
     late = from_manager_row(
         row("inactive", 2), NOW, PRODUCTION.inactive_after, REFRESH, written_until=since
     )
-    assert late.silent_for == pytest.approx(10 * MINUTE)
+    assert late.silent_for == pytest.approx((10 - SLACK) * MINUTE)
 
 
 @pytest.mark.parametrize(

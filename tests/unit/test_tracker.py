@@ -26,6 +26,7 @@ from overseer_operator.model import (
     Verdict,
     WorkerState,
 )
+from overseer_operator.seeding import ROW_WRITE_SLACK
 from overseer_operator.tracker import KNOWN_EVENT_TYPES, FleetTracker
 from tests.fakes import FakeClock
 from tests.metering import sample
@@ -322,12 +323,14 @@ def test_a_seeded_worker_without_proof_gets_a_full_threshold(harness):
 def test_a_seeded_inactive_worker_keeps_its_state_and_turns_offline_on_time(harness):
     tracker = harness.tracker
     tracker.on_manager_rows([row("w1", "inactive", WALL0 - timedelta(minutes=5))])
-    # An inactive row was written 10 minutes into the silence: 15 minutes silent by now.
-    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=15)
+    # An inactive row was written 10 minutes into the silence (perhaps the write slack late):
+    # 15 minutes silent by now, less the slack.
+    slack = timedelta(seconds=ROW_WRITE_SLACK)
+    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=15) + slack
     harness.consume()
     assert harness.state("w1") is INACTIVE
     assert harness.verdicts() == []  # the row already says inactive: nothing to tell
-    harness.clocks.advance(299)
+    harness.clocks.advance(299 + ROW_WRITE_SLACK)
     harness.sweep()
     assert harness.verdicts() == []
     harness.clocks.advance(2)
@@ -384,8 +387,9 @@ def test_evidence_from_status_and_rows_keeps_the_oldest_proof(harness):
         {"modules": [status_module("w2", "active", WALL0 - timedelta(minutes=40))]}
     )
     tracker.on_manager_rows([row("w2", "active", WALL0 - timedelta(minutes=30))])
-    # w1: the row's 30 min - 5 min refresh = 25 min; w2: the status's 40 - 1 = 39 min
-    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=25)
+    # w1: the row's 30 min - 5 min refresh - the write slack; w2: the status's 40 - 1 = 39 min
+    slack = timedelta(seconds=ROW_WRITE_SLACK)
+    assert tracker.heard_wall_time("w1") == WALL0 - timedelta(minutes=25) + slack
     assert tracker.heard_wall_time("w2") == WALL0 - timedelta(minutes=39)
 
 
