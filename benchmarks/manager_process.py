@@ -69,6 +69,11 @@ class EmulatorProcess:
     def module_writes(self, exchange_id: str) -> list[RecordedRequest]:
         return self.call(ManagerEmulator.module_writes, exchange_id)
 
+    def put_fleet(self, exchange_ids: list[str], prefix: str, per_exchange: int) -> None:
+        """Rows ``active``, updated now, for the load generator's workers (``prefix``, the
+        exchanges in its routing keys' order): a fleet an earlier Overseer registered."""
+        self.call(_put_fleet, exchange_ids, prefix, per_exchange)
+
     def inactive_posts(self, exchange_ids: Iterable[str], since: float) -> dict[str, float]:
         """Hostname -> time of its first POST ``inactive`` after ``since`` (cheap to poll: only
         these pairs cross the pipe)."""
@@ -86,6 +91,15 @@ class EmulatorProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _put_fleet(
+    emulator: ManagerEmulator, exchange_ids: list[str], prefix: str, per_exchange: int
+) -> None:
+    for key, exchange_id in enumerate(exchange_ids):
+        for index in range(per_exchange):
+            hostname = f"{prefix}-{key:03d}-{index:06d}"  # as benchmarks.loadgen names them
+            emulator.put_module(exchange_id, hostname, "builder", "active")
 
 
 def _inactive_posts(
