@@ -45,3 +45,6 @@ STARTUP_CONCURRENCY = 10
 # Manager writes in flight for the whole operator (a mass registration of 100 exchanges is paced
 # by the Manager's answers, not sent 400 at a time).
 MANAGER_WRITE_CONCURRENCY = 16
+# Of those, the slots refreshes can never take: a transition (a verdict, a registration) finds
+# one even while every exchange is behind on its refreshes.
+MANAGER_WRITE_SLOTS_FOR_TRANSITIONS = 4

@@ -22,6 +22,13 @@ older than half that: the next process counts no row's age past the moment it we
 (see ``seeding``). The queue is oldest first (a write put back keeps its place at the head), so
 the lateness is the age of its head or of a write in flight.
 
+Transitions go before refreshes. A transition (a registration, ``inactive``, a DELETE) changes what
+the Manager shows; a refresh only renews the date of a row that is already right. So they wait in
+two lines, and the transitions' line is always served first; a worker with a refresh waiting that
+makes a transition moves to the transitions' line. Across the operator, refreshes may hold at
+most ``MANAGER_WRITE_CONCURRENCY - MANAGER_WRITE_SLOTS_FOR_TRANSITIONS`` of the write slots, so a
+hundred exchanges behind on their refreshes still leave room for another exchange's verdicts.
+
 The writer belongs to the monitor and outlives sessions: ``attach`` gives it the client of the
 current session; until then (and while the Manager is down) writes simply accumulate.
 """
@@ -29,6 +36,7 @@ current session; until then (and while the Manager is down) writes simply accumu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -90,11 +98,15 @@ class ManagerWriter:
         self._client: ManagerClient | None = None
         self._attached = asyncio.Event()
         self._owed: dict[str, _Owed] = {}
-        self._ready: deque[str] = deque()  # workers with work, each once, oldest first
+        self._ready: deque[str] = deque()  # workers with a transition owed, oldest first
         # In _ready, with the time their write became owed. A dict, not a set: a dict of strings
         # and floats is untracked by the garbage collector, a set is traversed entry by entry by
         # every collection (a mass transition queues 100,000).
         self._queued: dict[str, float] = {}
+        # The same for workers owed only a refresh. A worker moved to _ready leaves its name in
+        # _refreshes (a deque cannot drop from the middle), skipped once it comes up.
+        self._refreshes: deque[str] = deque()
+        self._refresh_queued: dict[str, float] = {}
         self._in_flight: dict[str, float] = {}
         self._lateness_allowed = lateness_allowed
         self._behind = False
@@ -112,9 +124,10 @@ class ManagerWriter:
     def lateness(self) -> float:
         """How long the oldest write still owed has waited, in seconds (0.0: none is owed)."""
         oldest = min(self._in_flight.values(), default=None)
-        if self._ready:
-            head = self._queued[self._ready[0]]
-            oldest = head if oldest is None else min(oldest, head)
+        for line, queued in ((self._ready, self._queued), (self._refreshes, self._refresh_queued)):
+            head = queued.get(line[0]) if line else None
+            if head is not None:
+                oldest = head if oldest is None else min(oldest, head)
         return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     def owes(self, hostname: str) -> bool:
@@ -166,7 +179,7 @@ class ManagerWriter:
         operations: tuple[tuple[int, Operation], ...] = ((next(self._sequence), "active"),)
         self._owed[hostname] = (heartbeat.module_type, _heartbeat_workload(heartbeat), operations)
         self._pending += 1
-        self._queue(hostname)
+        self._queue(hostname, refresh=True)
 
     def retire(self, hostname: str) -> None:
         """Owe a DELETE of ``hostname``'s row, and nothing else: the row is not a worker's (see
@@ -200,16 +213,25 @@ class ManagerWriter:
             now -= self.refresh_interval * (1.0 - refresh_phase(hostname))
         self._written_at[hostname] = now
 
-    def _queue(self, hostname: str, owed_since: float | None = None) -> None:
-        """Put ``hostname`` in line: at the end, or, for a write put back (``owed_since``), at
-        the head, which keeps the line oldest first."""
-        if hostname not in self._queued and hostname not in self._in_flight:
-            if owed_since is None:
-                self._queued[hostname] = self._clock()
-                self._ready.append(hostname)
-            else:
-                self._queued[hostname] = owed_since
-                self._ready.appendleft(hostname)
+    def _queue(
+        self, hostname: str, owed_since: float | None = None, *, refresh: bool = False
+    ) -> None:
+        """Put ``hostname`` in line: a ``refresh`` in the refreshes' line, anything else in the
+        transitions' line (leaving the refreshes' line, its age kept); at the end, or, for a
+        write put back (``owed_since``), at the head, which keeps the line oldest first."""
+        if hostname in self._in_flight or hostname in self._queued:
+            pass
+        elif refresh:
+            if hostname not in self._refresh_queued:
+                self._refresh_queued[hostname] = self._clock()
+                self._refreshes.append(hostname)
+        elif owed_since is not None:
+            self._queued[hostname] = owed_since
+            self._ready.appendleft(hostname)
+        else:
+            waited = self._refresh_queued.pop(hostname, None)
+            self._queued[hostname] = self._clock() if waited is None else waited
+            self._ready.append(hostname)
         metrics.MANAGER_PENDING.labels(*self._labels).set(self._pending)
         self._wake.set()
         if not self._behind and self.lateness() > self._lateness_allowed:
@@ -222,14 +244,22 @@ class ManagerWriter:
 
     async def _work(self) -> None:
         while not self._halted:
-            if not self._ready:
+            if self._ready:
+                hostname, refresh = self._ready.popleft(), False
+                owed_since = self._queued.pop(hostname)
+            elif self._refreshes:
+                hostname, refresh = self._refreshes.popleft(), True
+                waited = self._refresh_queued.pop(hostname, None)
+                if waited is None:  # moved to the transitions' line meanwhile
+                    continue
+                owed_since = waited
+            else:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            hostname = self._ready.popleft()
-            owed_since = self._in_flight[hostname] = self._queued.pop(hostname)
+            self._in_flight[hostname] = owed_since
             try:
-                done = await self._write(hostname)
+                done = await self._write(hostname, refresh)
             finally:
                 del self._in_flight[hostname]
                 if self._owed[hostname][2]:
@@ -239,7 +269,7 @@ class ManagerWriter:
             if done:
                 self._report_lateness()
 
-    async def _write(self, hostname: str) -> bool:
+    async def _write(self, hostname: str, refresh: bool) -> bool:
         """Make the call owed first for ``hostname``; whether it is done with (written, or
         refused for good) rather than still owed."""
         module_type, workload, operations = self._owed[hostname]
@@ -247,7 +277,8 @@ class ManagerWriter:
             return False
         sequence, operation = operations[0]
         try:
-            async with write_slots():  # operator-wide; never held across a backoff wait
+            # Operator-wide slots, never held across a backoff wait.
+            async with refresh_slots() if refresh else contextlib.nullcontext(), write_slots():
                 if self._halted:  # while waiting for a slot
                     return False
                 await self._call(hostname, module_type, workload, operation)
@@ -337,13 +368,34 @@ _write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semap
 )
 
 
+_refresh_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def write_slots() -> asyncio.Semaphore:
     """The operator-wide bound on Manager writes in flight, whatever the number of exchanges."""
+    return _loop_semaphore(_write_slots, defaults.MANAGER_WRITE_CONCURRENCY)
+
+
+def refresh_slots() -> asyncio.Semaphore:
+    """The share of those slots refreshes may hold (taken before a write slot): the rest stays
+    free for transitions."""
+    return _loop_semaphore(
+        _refresh_slots,
+        defaults.MANAGER_WRITE_CONCURRENCY - defaults.MANAGER_WRITE_SLOTS_FOR_TRANSITIONS,
+    )
+
+
+def _loop_semaphore(
+    semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore],
+    size: int,
+) -> asyncio.Semaphore:
     loop = asyncio.get_running_loop()
-    slots = _write_slots.get(loop)
-    if slots is None:
-        slots = _write_slots[loop] = asyncio.Semaphore(defaults.MANAGER_WRITE_CONCURRENCY)
-    return slots
+    semaphore = semaphores.get(loop)
+    if semaphore is None:
+        semaphore = semaphores[loop] = asyncio.Semaphore(size)
+    return semaphore
 
 
 def _compact(workload: list[Any]) -> str:

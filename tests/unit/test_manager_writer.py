@@ -17,7 +17,7 @@ from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
-from tests.fixtures.manager import EXCHANGE_ID
+from tests.fixtures.manager import EXCHANGE_ID, PARENT_EXCHANGE_ID
 
 MODULES = f"/messaging/exchanges/{EXCHANGE_ID}/modules"  # not the token endpoint
 
@@ -254,3 +254,80 @@ async def test_a_halted_writer_starts_no_call_even_for_what_it_still_owes(writer
     await asyncio.sleep(0.3)
     assert writes(manager_emulator) == [("POST", "w1", "active")]
     assert writer.pending == 2
+
+
+async def test_transitions_are_written_before_the_refreshes_waiting_ahead_of_them(
+    manager_settings, manager_emulator, clock
+):
+    """A refresh only renews the date of a row that is already right; a verdict changes it. A
+    writer behind on its refreshes writes a worker's verdict first, and a worker waiting for
+    a refresh that makes a transition moves up with it."""
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    async with ManagerClient(settings) as client:
+        writer = ManagerWriter(
+            EXCHANGE_ID, 300.0, clock, lambda _: None, ("ns", "mx"), concurrency=1
+        )
+        for index in range(6):
+            writer.apply(transition(f"w{index}", None, WorkerState.ACTIVE))
+        writer.attach(client)
+        task = asyncio.create_task(writer.run())
+        try:
+            await settled(writer)
+            manager_emulator.clear_requests()
+            clock.advance(301)  # every row is due for a refresh
+            for index in range(6):
+                writer.observe_heartbeat(Heartbeat(f"w{index}", "builder", "active", []))
+            writer.apply(transition("w5", WorkerState.ACTIVE, WorkerState.INACTIVE))
+            writer.apply(transition("w9", None, WorkerState.ACTIVE))
+            await settled(writer)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    calls = writes(manager_emulator)
+    # w5 owed its refresh, then its verdict: both go ahead of the other refreshes, in order.
+    assert calls[:3] == [
+        ("POST", "w5", "active"),
+        ("POST", "w5", "inactive"),
+        ("POST", "w9", "active"),
+    ]
+    assert sorted(calls[3:]) == [("POST", f"w{index}", "active") for index in range(5)]
+
+
+async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
+    manager_settings, manager_emulator, clock
+):
+    """One exchange owes 40 refreshes to a Manager that holds each for 0.5 s; another exchange's
+    verdict still finds a write slot while every one of them is held, instead of queueing
+    behind them."""
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    busy_id, quiet_id = EXCHANGE_ID, PARENT_EXCHANGE_ID
+    async with ManagerClient(settings) as client:
+        busy = ManagerWriter(busy_id, 300.0, clock, lambda _: None, ("ns", "busy"), concurrency=40)
+        quiet = ManagerWriter(quiet_id, 300.0, clock, lambda _: None, ("ns", "quiet"))
+        hostnames = [f"w{index}" for index in range(40)]
+        for hostname in hostnames:
+            busy.mark_written(hostname)
+        for writer in (busy, quiet):
+            writer.attach(client)
+        tasks = [asyncio.create_task(writer.run()) for writer in (busy, quiet)]
+        try:
+            await client.list_modules(busy_id)  # the token, fetched once before the clock starts
+            manager_emulator.delay_next(
+                40, 0.5, method="POST", path_prefix=f"/messaging/exchanges/{busy_id}/"
+            )
+            clock.advance(301)
+            for hostname in hostnames:
+                busy.observe_heartbeat(Heartbeat(hostname, "builder", "active", []))
+            await asyncio.sleep(0.1)  # every refresh slot taken, each write held
+            quiet.apply(transition("q1", WorkerState.ACTIVE, WorkerState.INACTIVE))
+            await settled(quiet)
+            assert busy.pending == 40  # written while not one refresh had come back
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert ("POST", "q1", "inactive") in [
+        ("POST", r.body["hostname"], r.body["status"])
+        for r in manager_emulator.module_writes(quiet_id)
+    ]
