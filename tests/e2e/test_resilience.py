@@ -97,6 +97,36 @@ def test_restart_finds_dead_workers_and_spares_live_ones(
     assert restarted.alive()
 
 
+def wait_registered(manager, exchange_id: str, hosts: list[str]) -> None:
+    eventually(
+        lambda: all(manager_states(manager, exchange_id).get(host) == "active" for host in hosts),
+        timeout=60,
+        what="workers registered",
+    )
+
+
+def wait_ready_again(kubectl, namespace: str, name: str) -> None:
+    eventually(
+        lambda: condition(get_exchange(kubectl, namespace, name), "Ready")["status"] == "True",
+        timeout=60,
+        what="Ready after the restart",
+    )
+
+
+def writes_since(
+    manager, exchange_id: str, hosts: list[str], since: float
+) -> dict[str, set[tuple[str, str | None]]]:
+    """Per worker, the kinds of Manager write it got from ``since`` on."""
+    return {
+        host: {
+            (method, status)
+            for at, method, status in manager_writes(manager, exchange_id, host)
+            if at >= since
+        }
+        for host in hosts
+    }
+
+
 def test_a_restart_after_a_manager_outage_longer_than_the_thresholds_flips_nobody(
     kubectl, namespace, manager, exchange, start_operator, amqp_url
 ):
@@ -119,14 +149,7 @@ def test_a_restart_after_a_manager_outage_longer_than_the_thresholds_flips_nobod
             manager={"refreshInterval": "1s"},
         )
         operator = start_operator(namespace)
-        eventually(
-            lambda: all(
-                manager_states(manager, exchange.exchange_id).get(host) == "active"
-                for host in hosts
-            ),
-            timeout=60,
-            what="workers registered",
-        )
+        wait_registered(manager, exchange.exchange_id, hosts)
         manager.fail_next(10**6, 503, "POST", f"/messaging/exchanges/{exchange.exchange_id}/")
         failing = time.monotonic()
         eventually(
@@ -142,25 +165,11 @@ def test_a_restart_after_a_manager_outage_longer_than_the_thresholds_flips_nobod
         manager.clear_faults()
         restarted_at = time.monotonic()
         restarted = start_operator(namespace, identity="overseer-e2e-2")
-        eventually(
-            lambda: (
-                condition(get_exchange(kubectl, namespace, "outage"), "Ready")["status"] == "True"
-            ),
-            timeout=60,
-            what="Ready after the restart",
-        )
+        wait_ready_again(kubectl, namespace, "outage")
         time.sleep(12)  # longer than inactiveAfter: a verdict from the stale rows would show
-        after = {
-            host: [
-                (method, status)
-                for at, method, status in manager_writes(manager, exchange.exchange_id, host)
-                if at >= restarted_at
-            ]
-            for host in hosts
-        }
         # Per worker: the first process's own row is another matter (it is gone and was not
         # deregistered, so it rightly turns inactive after its full threshold).
-        assert {host: set(calls) for host, calls in after.items()} == {
+        assert writes_since(manager, exchange.exchange_id, hosts, restarted_at) == {
             host: {("POST", "active")} for host in hosts
         }
         assert restarted.alive()
@@ -191,14 +200,7 @@ def test_a_crash_while_the_manager_lags_behind_the_refreshes_flips_nobody(
             manager={"refreshInterval": "1s"},
         )
         operator = start_operator(namespace, MANAGER_WRITE_LATENESS_ALLOWED="2s")
-        eventually(
-            lambda: all(
-                manager_states(manager, exchange.exchange_id).get(host) == "active"
-                for host in hosts
-            ),
-            timeout=60,
-            what="workers registered",
-        )
+        wait_registered(manager, exchange.exchange_id, hosts)
         modules = f"/messaging/exchanges/{exchange.exchange_id}/"
         manager.delay_next(10**6, 9.0, "POST", modules)  # under the client's 10 s timeout
         time.sleep(45)  # every row refreshed about every 38 s instead of every 8 s
@@ -209,23 +211,11 @@ def test_a_crash_while_the_manager_lags_behind_the_refreshes_flips_nobody(
         restarted = start_operator(
             namespace, identity="overseer-e2e-2", MANAGER_WRITE_LATENESS_ALLOWED="2s"
         )
-        eventually(
-            lambda: (
-                condition(get_exchange(kubectl, namespace, "lagging"), "Ready")["status"] == "True"
-            ),
-            timeout=60,
-            what="Ready after the restart",
-        )
+        wait_ready_again(kubectl, namespace, "lagging")
         time.sleep(24)  # longer than inactiveAfter: a verdict from the stale rows would show
-        after = {
-            host: {
-                (method, status)
-                for at, method, status in manager_writes(manager, exchange.exchange_id, host)
-                if at >= restarted_at
-            }
-            for host in hosts
+        assert writes_since(manager, exchange.exchange_id, hosts, restarted_at) == {
+            host: {("POST", "active")} for host in hosts
         }
-        assert after == {host: {("POST", "active")} for host in hosts}
         assert (lagging["status"], lagging["reason"]) == ("False", "ManagerBehind")
         assert "rows in the Manager may be stale" in lagging["message"]
         assert restarted.alive()
