@@ -116,7 +116,7 @@ async def measure(workers: int) -> dict[str, float]:
     done.set()
     mass_gap = await gap
     gc.callbacks.remove(gc_pauses)
-    full_collection = collector.collect_fully()
+    full_collection = collector.FullCollections().collect()
     render_started = time.perf_counter()
     render_status(tracker.snapshot(MODULES_LIMIT), [], 1, loop.time(), datetime.now(UTC))
     render = time.perf_counter() - render_started

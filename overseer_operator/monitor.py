@@ -136,6 +136,10 @@ class ExchangeMonitor:
         self._tasks.spawn("events", self.events.run)
         self._tasks.spawn("sweeper", self.tracker.sweep_forever)
         self._tasks.spawn("manager-writer", self.writer.run)
+        # Awaited once for the whole run, never with a timeout: each ``stopped.wait(timeout)``
+        # that times out leaves kopf's cancelled wait behind as a cycle of 26 objects, and at one
+        # a second per exchange that was most of what the timed full collection had to free.
+        stop_requested = asyncio.ensure_future(stopped.wait())
         try:
             while not stopped:
                 generation = self._body["metadata"].get("generation")
@@ -144,17 +148,20 @@ class ExchangeMonitor:
                     await self._reconcile_session(spec)
                 # Re-read Secrets every so often while they are missing or refused: they may be
                 # created or rotated, which changes no generation.
-                await self._wait_for_change(stopped, generation)
+                await self._wait_for_change(stopped, stop_requested, generation)
         finally:
+            stop_requested.cancel()
             await self._shut_down(stopped)
 
-    async def _wait_for_change(self, stopped: Stopped, generation: Any) -> None:
+    async def _wait_for_change(
+        self, stopped: Stopped, stop_requested: asyncio.Future[object], generation: Any
+    ) -> None:
         """Until stopped, or the spec changes, or it is time to look at the Secrets again."""
         deadline = self._loop.time() + defaults.CONFIG_RETRY_INTERVAL
         while not stopped and self._body["metadata"].get("generation") == generation:
             if self._loop.time() >= deadline:
                 return
-            await stopped.wait(1.0)
+            await asyncio.wait((stop_requested,), timeout=1.0)
 
     def _apply_spec(self, generation: int | None) -> ExchangeSpec | None:
         self._observed_generation = generation

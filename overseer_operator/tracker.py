@@ -296,12 +296,12 @@ class FleetTracker:
                 self._rows_written_until,
                 self.row_write_slack,
             )
-            known = self.fleet.get(evidence.hostname)
-            if known is None or known.last_heartbeat_at is None:
+            known = self.fleet.standing(evidence.hostname)
+            if known is None or known[1] is None:
                 self._seed(evidence, now)
                 if evidence.shown is WorkerState.ACTIVE:
                     self.writer.mark_written(evidence.hostname)
-            elif known.state is not evidence.shown:
+            elif known[0] is not evidence.shown:
                 # The row disagrees and nothing is on its way to fix it (a DELETE lost to an
                 # ingress's 404, a row someone else wrote): settled with the seeds.
                 self._shown[evidence.hostname] = evidence.shown
@@ -323,7 +323,7 @@ class FleetTracker:
             )
             for unsettled in self._unsettled:
                 unsettled.pop(hostname, None)
-            if self.fleet.get(hostname) is not None:
+            if self.fleet.standing(hostname) is not None:
                 self.fleet.forget(hostname)
                 self._changed()
         if first or (row_listed and not self.writer.owes(hostname)):
@@ -336,8 +336,8 @@ class FleetTracker:
     def _seed(self, evidence: seeding.Evidence, now: datetime) -> None:
         """Record evidence; until it is settled the worker shows what its record shows."""
         hostname = evidence.hostname
-        known = self.fleet.get(hostname)
-        if known is not None and known.last_heartbeat_at is not None:
+        known = self.fleet.standing(hostname)
+        if known is not None and known[1] is not None:
             return  # heard since: the heartbeat is the evidence
         self._shown[hostname] = evidence.shown
         strongest = self._evidence.get(hostname)
@@ -363,8 +363,8 @@ class FleetTracker:
         alive_wall, self._alive_wall = self._alive_wall, {}
         now = self._evidence_clock()
         for proof in evidence.values():
-            worker = self.fleet.get(proof.hostname)
-            if worker is not None and worker.last_heartbeat_at is None:
+            standing = self.fleet.standing(proof.hostname)
+            if standing is not None and standing[1] is None:
                 silent_for = proof.silent_for
                 alive = alive_wall.get(proof.hostname)
                 if silent_for is not None and alive is not None:  # no silence past a proof of life
@@ -375,9 +375,11 @@ class FleetTracker:
         shown, self._shown = self._shown, {}
         at = self._clock()
         for hostname, state in shown.items():
-            worker = self.fleet.get(hostname)
-            if worker is None or worker.state is state:
+            standing = self.fleet.standing(hostname)
+            if standing is None or standing[0] is state:
                 continue
+            worker = self.fleet.get(hostname)
+            assert worker is not None
             self._dispatch(
                 Transition(
                     hostname, worker.module_type, state, worker.state, worker.workload, at, at

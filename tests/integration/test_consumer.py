@@ -12,7 +12,7 @@ import aio_pika
 import pytest
 
 from overseer_operator.broker import amqp_ssl_context
-from overseer_operator.consumer import HeartbeatConsumer
+from overseer_operator.consumer import ACK_FLUSH_DELAY, HeartbeatConsumer
 from overseer_operator.model import BrokerState, BrokerStatus
 from tests.fixtures.testbed import AmqpTopology, RabbitMQManagement, Testbed
 
@@ -195,7 +195,7 @@ async def test_a_halted_consumer_leaves_every_unacked_heartbeat_for_the_next_own
     consumer._handle = handle  # the halt comes from inside the delivery, as in the operator
     async with consuming(consumer):
         await until(lambda: len(first.bodies) == 3)
-        await asyncio.sleep(0.5)  # ten times the ack delay: nothing may be acked meanwhile
+        await asyncio.sleep(2 * ACK_FLUSH_DELAY)  # nothing may be acked meanwhile
     assert first.bodies == [f"beat {index}".encode() for index in range(3)]
     successor = Recorder()
     async with consuming(successor.consumer([amqp_url], topology.queue)):

@@ -1,9 +1,11 @@
-"""The garbage-collection policy: no full collection because of a burst, one on the timer."""
+"""The garbage-collection policy: no full collection because of a burst, one on the timer, and
+what survived it frozen until the frozen heap grew by a quarter."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,12 @@ def policy() -> Iterator[None]:
     collector.take_over_full_collections()
     yield
     gc.set_threshold(*thresholds)
+
+
+@pytest.fixture
+def thawed_after() -> Iterator[None]:
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
@@ -59,13 +67,61 @@ def test_under_the_policy_a_burst_triggers_no_full_collection(
 
 @pytest.mark.looptime
 async def test_the_timer_runs_a_full_collection_each_interval(
-    full_collections: list[int],
+    full_collections: list[int], thawed_after: None
 ) -> None:
-    before = sample("overseer_gc_full_collection_seconds_count")
+    before = sample("overseer_gc_full_collection_seconds_count", kind="since-freeze")
     task = asyncio.create_task(collector.collect_periodically(60.0))
     await asyncio.sleep(150)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(full_collections) == 2
-    assert sample("overseer_gc_full_collection_seconds_count") - before == 2
+    assert sample("overseer_gc_full_collection_seconds_count", kind="since-freeze") - before == 2
+
+
+class Node:
+    """A container the collector tracks; ``cycle`` makes one that only it can free."""
+
+    def __init__(self) -> None:
+        self.me: Node | None = None
+
+    @classmethod
+    def cycle(cls) -> Node:
+        node = cls()
+        node.me = node
+        return node
+
+
+def walked(node: Node) -> bool:
+    """Whether a full collection would look at ``node`` (frozen objects are not listed)."""
+    return any(candidate is node for candidate in gc.get_objects())
+
+
+def test_what_survives_a_timed_collection_is_not_walked_again(thawed_after: None) -> None:
+    collections = collector.FullCollections()
+    survivor = Node.cycle()
+    assert walked(survivor)
+    collections.collect()
+    assert not walked(survivor)
+    collections.collect()
+    assert not walked(survivor)
+
+
+def test_frozen_garbage_is_freed_once_the_frozen_heap_grew_by_a_quarter(
+    thawed_after: None,
+) -> None:
+    collections = collector.FullCollections()
+    collections.collect()  # the baseline
+    doomed = Node.cycle()
+    collections.collect()  # alive: frozen
+    gone = weakref.ref(doomed)
+    del doomed
+    collections.collect()  # cyclic garbage now, but frozen and the heap has not grown
+    assert gone() is not None
+    grown = [Node() for _ in range(int(gc.get_freeze_count() * (collector.THAW_GROWTH - 1)) + 1)]
+    thaws = sample("overseer_gc_full_collection_seconds_count", kind="thaw")
+    collections.collect()  # freezes the growth
+    collections.collect()  # thaws and walks it all
+    assert gone() is None
+    assert sample("overseer_gc_full_collection_seconds_count", kind="thaw") - thaws == 1
+    assert len(grown) > 0

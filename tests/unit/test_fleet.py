@@ -290,6 +290,16 @@ def test_seeding_never_regresses_a_worker_already_heard(fleet: Fleet, clock: Fak
     assert (view.state, view.module_type, view.last_seen) == (ACTIVE, "builder", T0)
 
 
+def test_standing_tells_a_seeded_worker_from_one_heard(fleet: Fleet, clock: FakeClock) -> None:
+    """What a restart's seeding asks of every row, without decoding the worker's record."""
+    fleet.seed("seeded", "builder", INACTIVE, 900)
+    clock.advance(5)
+    fleet.observe(beat("heard"))
+    assert fleet.standing("seeded") == (INACTIVE, None)
+    assert fleet.standing("heard") == (ACTIVE, T0 + 5)
+    assert fleet.standing("unknown") is None
+
+
 def test_a_heartbeat_revives_a_seeded_worker(fleet: Fleet, clock: FakeClock) -> None:
     fleet.seed("w1", "builder", INACTIVE, 900)
     transition = fleet.observe(beat("w1"))
