@@ -12,13 +12,15 @@ burst's own work. So:
 - the full collection runs on a timer, every ``FULL_COLLECTION_INTERVAL``, never because of a
   burst, and what survives it is frozen: it has outlived a full collection (the sessions, the
   connections, the fleet's containers), and the next one looks only at what is newer. At 100
-  exchanges the whole heap is about 200,000 objects and a full walk of it took 0.5 s under load;
-  the walk of a minute's survivors is a fraction of that.
-- a frozen object that later becomes cyclic garbage (a closed session, a replaced connection)
-  waits for a thaw: once the frozen heap has grown by a quarter since the last one (CPython's
-  own rule for its oldest generation), the timed collection thaws everything and walks it all
-  once. Nothing is leaked: such garbage waits, at worst, until the frozen heap grew by a quarter;
-  everything else is freed by reference counting as always.
+  exchanges the whole heap is about 200,000 objects, and a walk of all of it took 0.5 s under
+  load; a walk of what survived the last 10 s takes tens of milliseconds.
+- a frozen object that later becomes cyclic garbage waits for a thaw, in which the timed
+  collection unfreezes everything and walks it all once: when the frozen heap has grown by a
+  quarter since the last thaw (CPython's own rule for its oldest generation; frozen garbage
+  counts as growth), or when something long-lived was let go (``request_thaw``: a session or a
+  broker connection closed) and the last thaw is ``THAW_MIN_INTERVAL`` old. So such garbage is
+  held for minutes at most, never for good, and a flapping connection does not bring back a
+  full walk every 10 s. Everything else is freed by reference counting as always.
 
 Its cost is in ``overseer_gc_full_collection_seconds``. The records of the fleet and of the
 writes owed are plain tuples the collector does not track (see ``fleet`` and ``manager_writer``),
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 
 from overseer_operator import metrics
 
@@ -40,6 +43,9 @@ _YOUNG_THRESHOLDS = (700, 10)
 _NEVER = 2**31 - 1
 # The frozen heap grown by this factor since the last thaw: the next collection walks it all.
 THAW_GROWTH = 1.25
+# A thaw requested because something long-lived was let go waits until the last one is this old.
+THAW_MIN_INTERVAL = 300.0
+_thaw_requested = False
 
 
 def freeze_startup_heap() -> None:
@@ -53,25 +59,44 @@ def take_over_full_collections() -> None:
     gc.set_threshold(*_YOUNG_THRESHOLDS, _NEVER)
 
 
-class FullCollections:
-    """The timed full collections, and the frozen heap's size at the last thaw."""
+def request_thaw() -> None:
+    """Something long-lived was let go (a session, a broker connection): its objects may be
+    frozen cyclic garbage now, for a thaw to find."""
+    global _thaw_requested
+    _thaw_requested = True
 
-    def __init__(self) -> None:
+
+class FullCollections:
+    """The timed full collections, and when and at what size the frozen heap was last thawed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         # None until the first collection: the start-up heap and the exchanges started since are
         # the baseline, not growth.
         self._frozen_at_thaw: int | None = None
+        self._thawed_at = clock()
+
+    def _thaw_due(self) -> bool:
+        baseline = self._frozen_at_thaw
+        if baseline is None:
+            return False
+        if gc.get_freeze_count() > baseline * THAW_GROWTH:
+            return True
+        return _thaw_requested and self._clock() - self._thawed_at >= THAW_MIN_INTERVAL
 
     def collect(self) -> float:
         """One full collection of what is not frozen (of everything, if a thaw is due), then
         freeze what survived; the seconds it took (also observed in the metric)."""
+        global _thaw_requested
         started = time.perf_counter()
-        baseline = self._frozen_at_thaw
-        thaw = baseline is not None and gc.get_freeze_count() > baseline * THAW_GROWTH
+        thaw = self._thaw_due()
         if thaw:
             gc.unfreeze()
+            _thaw_requested = False
+            self._thawed_at = self._clock()
         gc.collect()
         gc.freeze()
-        if thaw or baseline is None:
+        if thaw or self._frozen_at_thaw is None:
             self._frozen_at_thaw = gc.get_freeze_count()
         took = time.perf_counter() - started
         metrics.GC_FULL_COLLECTION.labels("thaw" if thaw else "since-freeze").observe(took)

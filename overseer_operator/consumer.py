@@ -38,7 +38,7 @@ from aiormq.abc import AbstractChannel as ProtocolChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from overseer_operator import defaults
+from overseer_operator import collector, defaults
 from overseer_operator.aiotools import wait_event
 from overseer_operator.backoff import Backoff
 from overseer_operator.heartbeat import MessageRejected
@@ -276,6 +276,7 @@ class HeartbeatConsumer:
         if acks is not None:
             await acks.aclose()  # what was handled is acked before the connection goes
         if connection is not None:
+            collector.request_thaw()  # the connection's objects may be frozen garbage now
             try:
                 await asyncio.wait_for(connection.close(), timeout=defaults.SHUTDOWN_TIMEOUT)
             except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, OSError) as error:

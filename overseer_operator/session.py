@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from overseer_operator import defaults
+from overseer_operator import collector, defaults
 from overseer_operator.backoff import Backoff
 from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
 from overseer_operator.config import Connections, ExchangeSpec
@@ -250,6 +250,7 @@ class Session:
             logger.warning("Own module %s not removed from the Manager: %s", self._identity, error)
 
     async def close(self) -> None:
+        collector.request_thaw()  # the session's objects may be frozen garbage now
         await self._tasks.aclose()
         if self._consumer is not None:
             await self._consumer.aclose()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from overseer_operator import collector
+from tests.fakes import FakeClock
 from tests.metering import sample
 
 
@@ -25,8 +26,10 @@ def policy() -> Iterator[None]:
 
 @pytest.fixture
 def thawed_after() -> Iterator[None]:
+    collector._thaw_requested = False
     yield
     gc.unfreeze()
+    collector._thaw_requested = False
 
 
 @pytest.fixture
@@ -107,16 +110,20 @@ def test_what_survives_a_timed_collection_is_not_walked_again(thawed_after: None
     assert not walked(survivor)
 
 
+def frozen_garbage(collections: collector.FullCollections) -> weakref.ref[Node]:
+    """A cycle that lived through a timed collection (so it is frozen), then was let go."""
+    doomed = Node.cycle()
+    collections.collect()
+    return weakref.ref(doomed)
+
+
 def test_frozen_garbage_is_freed_once_the_frozen_heap_grew_by_a_quarter(
     thawed_after: None,
 ) -> None:
     collections = collector.FullCollections()
     collections.collect()  # the baseline
-    doomed = Node.cycle()
-    collections.collect()  # alive: frozen
-    gone = weakref.ref(doomed)
-    del doomed
-    collections.collect()  # cyclic garbage now, but frozen and the heap has not grown
+    gone = frozen_garbage(collections)
+    collections.collect()  # the heap has not grown
     assert gone() is not None
     grown = [Node() for _ in range(int(gc.get_freeze_count() * (collector.THAW_GROWTH - 1)) + 1)]
     thaws = sample("overseer_gc_full_collection_seconds_count", kind="thaw")
@@ -125,3 +132,25 @@ def test_frozen_garbage_is_freed_once_the_frozen_heap_grew_by_a_quarter(
     assert gone() is None
     assert sample("overseer_gc_full_collection_seconds_count", kind="thaw") - thaws == 1
     assert len(grown) > 0
+
+
+def test_what_was_let_go_is_thawed_for_once_the_last_thaw_is_old_enough(
+    thawed_after: None,
+) -> None:
+    clock = FakeClock()
+    collections = collector.FullCollections(clock)
+    collections.collect()  # the baseline
+    gone = frozen_garbage(collections)
+    collector.request_thaw()  # a session closed, say
+    clock.advance(collector.THAW_MIN_INTERVAL - 1)
+    collections.collect()
+    assert gone() is not None  # the last thaw (the start) is too recent
+    clock.advance(1)
+    collections.collect()
+    assert gone() is None
+    gone = frozen_garbage(collections)
+    collections.collect()
+    assert gone() is not None  # nothing let go since: no thaw, however old the last one
+    clock.advance(collector.THAW_MIN_INTERVAL)
+    collections.collect()
+    assert gone() is not None
