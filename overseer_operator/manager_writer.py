@@ -130,6 +130,12 @@ class ManagerWriter:
                 oldest = head if oldest is None else min(oldest, head)
         return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
+    def observe_lateness(self) -> float:
+        """``lateness()``, also exported as ``overseer_manager_write_lateness_seconds``."""
+        lateness = self.lateness()
+        metrics.MANAGER_WRITE_LATENESS.labels(*self._labels).set(lateness)
+        return lateness
+
     def owes(self, hostname: str) -> bool:
         """Whether a write for ``hostname`` is still owed (or in flight)."""
         owed = self._owed.get(hostname)
@@ -313,7 +319,7 @@ class ManagerWriter:
     def _report_lateness(self) -> None:
         """After a write, or when the head of the line grew too old: ``ManagerBehind`` past the
         allowance, ``Synced`` once caught up (nothing owed, or nothing owed for long)."""
-        lateness, allowed = self.lateness(), self._lateness_allowed
+        lateness, allowed = self.observe_lateness(), self._lateness_allowed
         if not self._pending:
             self._behind = False
             self._on_health(

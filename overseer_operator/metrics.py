@@ -57,6 +57,14 @@ MANAGER_PENDING = Gauge(
     list(_EXCHANGE),
     registry=REGISTRY,
 )
+MANAGER_WRITE_LATENESS = Gauge(
+    "overseer_manager_write_lateness_seconds",
+    "How long the oldest Manager write still owed has waited (0: none owed), as of the last write "
+    "or status render (at least once a minute); past MANAGER_WRITE_LATENESS_ALLOWED the exchange "
+    "says ManagerSynced=False, ManagerBehind.",
+    list(_EXCHANGE),
+    registry=REGISTRY,
+)
 KUBERNETES_WRITES = Counter(
     "overseer_kubernetes_writes_total",
     "Writes to the Kubernetes API (status patches, events), by kind and outcome.",
@@ -182,8 +190,8 @@ def forget_exchange(namespace: str, name: str) -> None:
     """Drop every series of an exchange that is no longer monitored here."""
     for collector in (
         WORKERS, HEARTBEATS_RECEIVED, MESSAGES_REJECTED, MESSAGES_IGNORED, TRANSITIONS,
-        MANAGER_WRITES, MANAGER_PENDING, KUBERNETES_WRITES, BROKER_CONNECTED, DETECTION_LAG,
-        QUEUE_BACKLOG, VERDICTS_HELD, TASK_CRASHES,
+        MANAGER_WRITES, MANAGER_PENDING, MANAGER_WRITE_LATENESS, KUBERNETES_WRITES,
+        BROKER_CONNECTED, DETECTION_LAG, QUEUE_BACKLOG, VERDICTS_HELD, TASK_CRASHES,
     ):  # fmt: skip
         _remove_exchange(collector, namespace, name)
 

@@ -403,6 +403,9 @@ class ExchangeMonitor:
 
     def _render_status(self) -> dict[str, Any]:
         self.refresh_conditions()
+        # Rendered at least once a minute: the lateness keeps growing in the metric while
+        # nothing is written (the writer updates it only after a write).
+        self.writer.observe_lateness()
         return render_status(
             self.tracker.snapshot(MODULES_LIMIT),
             self.conditions.as_list(self._observed_generation),

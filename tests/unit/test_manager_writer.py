@@ -18,6 +18,7 @@ from overseer_operator.manager_writer import ManagerWriter
 from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID, PARENT_EXCHANGE_ID
+from tests.metering import sample
 
 MODULES = f"/messaging/exchanges/{EXCHANGE_ID}/modules"  # not the token endpoint
 
@@ -187,6 +188,23 @@ async def test_a_writer_behind_is_current_again_once_nothing_owed_is_old(
     assert (health[-1].status, health[-1].reason) == (True, Reason.SYNCED)
     assert "1 pending" in health[-1].message
     await settled(writer)
+
+
+async def test_the_lateness_metric_keeps_growing_while_the_manager_takes_nothing(
+    writer, manager_emulator, clock
+):
+    """The alert reads the age of the oldest write owed (a large fleet always owes a few
+    refreshes, so a count says nothing); the status render updates it while nothing is
+    written, and a write brings it back down."""
+    lateness = "overseer_manager_write_lateness_seconds"
+    manager_emulator.delay_next(1, 0.5, method="POST", path_prefix=MODULES)
+    writer.apply(transition("w1", None, WorkerState.ACTIVE))
+    await asyncio.sleep(0.1)  # held by the Manager
+    clock.advance(700)
+    writer.observe_lateness()  # what every status render does
+    assert sample(lateness, namespace="ns", name="mx") == pytest.approx(700)
+    await settled(writer)
+    assert sample(lateness, namespace="ns", name="mx") == 0.0
 
 
 async def test_refresh_only_after_the_interval(writer, manager_emulator, clock):
