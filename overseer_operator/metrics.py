@@ -119,7 +119,7 @@ GC_FULL_COLLECTION = Histogram(
     "overseer_gc_full_collection_seconds",
     "How long each full garbage collection took (run on a timer, see collector.py): the loop "
     "is stalled meanwhile. kind: since-freeze (what is newer than the last one) or thaw (the "
-    "whole heap, once the frozen part grew by a quarter).",
+    "whole heap: the frozen part grew by a quarter, or a session or connection was closed).",
     ["kind"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
