@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from overseer_operator import defaults, metrics
+from overseer_operator.aiotools import LoopSemaphores, loop_semaphore
 from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import (
     ManagerClient,
@@ -369,39 +370,22 @@ class ManagerWriter:
         await self._backoff.wait()
 
 
-_write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-_refresh_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+_write_slots: LoopSemaphores = weakref.WeakKeyDictionary()
+_refresh_slots: LoopSemaphores = weakref.WeakKeyDictionary()
 
 
 def write_slots() -> asyncio.Semaphore:
     """The operator-wide bound on Manager writes in flight, whatever the number of exchanges."""
-    return _loop_semaphore(_write_slots, defaults.MANAGER_WRITE_CONCURRENCY)
+    return loop_semaphore(_write_slots, defaults.MANAGER_WRITE_CONCURRENCY)
 
 
 def refresh_slots() -> asyncio.Semaphore:
     """The share of those slots refreshes may hold (taken before a write slot): the rest stays
     free for transitions."""
-    return _loop_semaphore(
+    return loop_semaphore(
         _refresh_slots,
         defaults.MANAGER_WRITE_CONCURRENCY - defaults.MANAGER_WRITE_SLOTS_FOR_TRANSITIONS,
     )
-
-
-def _loop_semaphore(
-    semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore],
-    size: int,
-) -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    semaphore = semaphores.get(loop)
-    if semaphore is None:
-        semaphore = semaphores[loop] = asyncio.Semaphore(size)
-    return semaphore
 
 
 def _compact(workload: list[Any]) -> str:

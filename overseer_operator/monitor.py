@@ -113,6 +113,8 @@ class ExchangeMonitor:
             environment.manager_write_lateness_allowed
         )
         self.tracker.peers = peers
+        # The first session consumes while it reads the Manager's rows: registrations wait for them.
+        self.tracker.await_listing()
         self._tasks = Supervisor(self._labels)
         self.spec: ExchangeSpec | None = None
         self._observed_generation: int | None = None
@@ -355,6 +357,9 @@ class ExchangeMonitor:
     def on_manager_rows(self, rows: list[ModuleRecord]) -> None:
         self._listed_modules = True
         self.tracker.on_manager_rows(rows)
+
+    def on_manager_rows_unavailable(self) -> None:
+        self.tracker.listing_unavailable()
 
     def register(self, heartbeat: Heartbeat) -> None:
         """The operator registers itself: seen locally once, then through the queue like others."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from overseer_operator import collector, defaults
+from overseer_operator.aiotools import LoopSemaphores, loop_semaphore
 from overseer_operator.backoff import Backoff
 from overseer_operator.broker import resolve_broker_urls
 from overseer_operator.config import Connections, ExchangeSpec
@@ -39,23 +40,24 @@ logger = logging.getLogger(__name__)
 # the legacy sweeper made them.
 MANAGER_RECONCILE_INTERVAL = 300.0
 
-_startup_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+_startup_slots: LoopSemaphores = weakref.WeakKeyDictionary()
+_broker_slots: LoopSemaphores = weakref.WeakKeyDictionary()
 
 
 def startup_slots() -> asyncio.Semaphore:
-    """The operator-wide bound on connection attempts in flight (one per event loop).
+    """The operator-wide bound on Manager reads in flight at start-up (one per event loop).
 
-    Many exchanges start, or resume after an outage, together: each Manager read and each
-    broker connection takes a slot for one attempt (never across a backoff wait), so neither the
-    Manager nor the broker sees them all at once, and each is quick, so the last waits seconds.
+    Many exchanges start, or resume after an outage, together: each Manager read takes a slot for
+    one attempt (never across a backoff wait), so the Manager does not see them all at once, and
+    each is quick, so the last waits seconds.
     """
-    loop = asyncio.get_running_loop()
-    slots = _startup_slots.get(loop)
-    if slots is None:
-        slots = _startup_slots[loop] = asyncio.Semaphore(defaults.STARTUP_CONCURRENCY)
-    return slots
+    return loop_semaphore(_startup_slots, defaults.STARTUP_CONCURRENCY)
+
+
+def broker_slots() -> asyncio.Semaphore:
+    """The same bound for broker connection attempts, apart: consuming never waits behind the
+    Manager's reads (the listing of 100 exchanges' fleets takes seconds)."""
+    return loop_semaphore(_broker_slots, defaults.STARTUP_CONCURRENCY)
 
 
 class SessionOwner(Protocol):
@@ -66,6 +68,7 @@ class SessionOwner(Protocol):
     def on_queue_reading(self, reading: QueueReading) -> None: ...
     def on_manager_read(self, verdict: Verdict) -> None: ...
     def on_manager_rows(self, rows: list[ModuleRecord]) -> None: ...
+    def on_manager_rows_unavailable(self) -> None: ...
     def register(self, heartbeat: Heartbeat) -> None: ...
 
 
@@ -97,8 +100,9 @@ class Session:
         self._halted = False
 
     def start(self, *, list_modules_first: bool) -> None:
-        """Connect in the background; with ``list_modules_first`` the Manager's list is read (or
-        at least tried) before consuming, so rows it already lists are not written again."""
+        """Connect in the background. With ``list_modules_first`` the Manager's list is read at
+        once, while the queue is consumed (the owner holds registrations until then, so rows it
+        already lists are not written again); a failed read is reported, then retried."""
         self._tasks.spawn("session", lambda: self._connect(list_modules_first))
 
     def _crashed(self, name: str, error: BaseException) -> None:
@@ -111,9 +115,7 @@ class Session:
     async def _connect(self, list_modules_first: bool) -> None:
         """Each stage once, so that a restart after a crash resumes where it failed."""
         if not self._reconciling:
-            if list_modules_first and not await self._list_modules_once():
-                list_modules_first = False  # the Manager is down: consume anyway, list later
-            self._tasks.spawn("manager-reconcile", lambda: self._reconcile(not list_modules_first))
+            self._tasks.spawn("manager-reconcile", lambda: self._reconcile(list_modules_first))
             self._reconciling = True
         if self._consumer is None:
             self._consumer = await self._consumer_for_spec()
@@ -153,7 +155,7 @@ class Session:
             # Shared by the namespace's exchanges on the same broker, never across namespaces.
             connection_name=f"overseer-operator {self._labels[0]}",
             pool=connection_pool(),
-            connect_slots=startup_slots(),
+            connect_slots=broker_slots(),
         )
 
     async def _publish_own_heartbeat(self, consumer: HeartbeatConsumer) -> None:
@@ -185,6 +187,7 @@ class Session:
             async with startup_slots():
                 rows = await self.client.list_modules(self.spec.exchange_id)
         except ManagerError:
+            self._owner.on_manager_rows_unavailable()
             return False  # reported by the reconciliation, which retries
         self._owner.on_manager_rows(rows)
         return True
@@ -192,8 +195,10 @@ class Session:
     def reconcile_interval(self) -> float:
         return min(MANAGER_RECONCILE_INTERVAL, self.spec.thresholds.inactive_after / 2)
 
-    async def _reconcile(self, now: bool) -> None:
-        """List the Manager's rows every ``reconcile_interval()`` (at once if ``now``)."""
+    async def _reconcile(self, list_first: bool) -> None:
+        """List the Manager's rows every ``reconcile_interval()``: with ``list_first`` once at
+        once, and at once again (retried) if that failed; otherwise at once, retried."""
+        now = not list_first or not await self._list_modules_once()
         while True:
             if not now:
                 await asyncio.sleep(self.reconcile_interval() * random.uniform(0.8, 1.0))

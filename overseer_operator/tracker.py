@@ -9,6 +9,12 @@ while the queue is consumed *and* the consumer has caught up with it (``backlog`
 fleet's clock is paused: a broker outage, a slow start or falling behind is never a worker's
 silence. Restart evidence (status, Manager rows) is recorded at once, but what it owes the Manager
 is settled only when verdicts are next allowed, once per worker.
+
+At start the queue is consumed at once, while the Manager's module list is still being read
+(``await_listing``): a worker heard before it is active in the fleet at once, but its registration
+waits for the list. A worker the Manager already lists as active, with the same type, then costs
+no write (its row is current); any other is registered then. A failed first listing registers
+them all, as a start without the Manager always did.
 """
 
 from __future__ import annotations
@@ -96,6 +102,10 @@ class FleetTracker:
         # When the previous owner's Manager writes started failing (its last status said so):
         # the rows it left prove silence only up to then.
         self._rows_written_until: datetime | None = None
+        # Workers heard before the Manager's first listing (None: not waiting for one), with
+        # what they would owe it: a registration, or (a worker seeded active from the status)
+        # the refresh its latest heartbeat would owe.
+        self._unlisted: dict[str, Transition | Heartbeat] | None = None
         self._reject_log = RateLimiter(5, 60.0, clock)
         self._transition_log = RateLimiter(TRANSITION_LOGS_PER_MINUTE, 60.0, clock)
         self._wake = asyncio.Event()
@@ -127,6 +137,7 @@ class FleetTracker:
         the end, so the fleet's clock stops for good and no worker is judged (a flush waiting
         for a Manager that is down would otherwise let thresholds pass on unread heartbeats)."""
         self._judging = False
+        self._register_unlisted(())  # owed all the same: the last flush writes them
         self._verdicts_may_have_changed()
 
     def ingest_verdict(self) -> Verdict:
@@ -168,6 +179,38 @@ class FleetTracker:
             self._ingest_shown = verdict
             self._changed()
 
+    # --- the Manager's first listing ----------------------------------------------------
+
+    def await_listing(self) -> None:
+        """Hold first registrations until the Manager's rows are read (``on_manager_rows``), or
+        cannot be (``listing_unavailable``)."""
+        if self._unlisted is None:
+            self._unlisted = {}
+
+    def listing_unavailable(self) -> None:
+        """The first listing failed: register whatever was held (the writes wait for the Manager
+        as any other would)."""
+        self._register_unlisted(())
+
+    def _register_unlisted(self, rows: list[ModuleRecord] | tuple[()]) -> None:
+        """End the hold: a held worker with a current ``active`` row of its type is only marked
+        written; every other is owed what it was held with."""
+        unlisted, self._unlisted = self._unlisted, None
+        if not unlisted:
+            return
+        for row in rows:
+            held = unlisted.get(row.hostname)
+            # Held means heard and nothing dispatched since (``_dispatch`` takes it): active.
+            if held is not None and row.status != "inactive" and row.type == held.module_type:
+                del unlisted[row.hostname]
+                self.writer.mark_written(row.hostname)
+        for owed in unlisted.values():
+            if isinstance(owed, Heartbeat):
+                self.writer.observe_heartbeat(owed)
+            else:
+                self._dispatch(owed)
+        self._wake.set()
+
     # --- the heartbeat path --------------------------------------------------------------
 
     def handle_message(self, body: bytes) -> None:
@@ -198,8 +241,16 @@ class FleetTracker:
             for unsettled in self._unsettled:
                 unsettled.pop(heartbeat.hostname, None)
         transition = self.fleet.observe(heartbeat)
+        unlisted = self._unlisted
         if transition is None:
-            self.writer.observe_heartbeat(heartbeat)
+            if unlisted is None:
+                self.writer.observe_heartbeat(heartbeat)
+            elif not isinstance(unlisted.get(heartbeat.hostname), Transition):
+                unlisted[heartbeat.hostname] = heartbeat  # the refresh it owes, if the rows do
+            return
+        if unlisted is not None and transition.previous is None:
+            unlisted[transition.hostname] = transition  # registered once the rows are read
+            self._changed()
             return
         self._dispatch(transition)
         self._wake.set()
@@ -211,6 +262,8 @@ class FleetTracker:
 
     def forget(self, hostname: str) -> None:
         """Drop a worker and whatever is owed for it, without a verdict."""
+        if self._unlisted is not None:
+            self._unlisted.pop(hostname, None)
         for unsettled in self._unsettled:
             unsettled.pop(hostname, None)
         self.fleet.forget(hostname)
@@ -218,6 +271,10 @@ class FleetTracker:
         self._changed()
 
     def _dispatch(self, transition: Transition) -> None:
+        if self._unlisted and isinstance(
+            held := self._unlisted.pop(transition.hostname, None), Transition
+        ):
+            self._dispatch(held)  # its registration goes first, whatever the list says
         self._transitions[transition.current].inc()
         if transition.current is not WorkerState.ACTIVE:
             self._detection_lag.observe(max(0.0, transition.at - transition.due_at))
@@ -280,6 +337,7 @@ class FleetTracker:
         A row the fleet never heard of is seeded with the evidence it carries (so it expires by
         the same rules); a worker the fleet knows is reconciled with what its row shows.
         """
+        self._register_unlisted(rows)
         now = self._evidence_clock()
         inactive_after = self.fleet.thresholds.inactive_after
         for row in rows:
@@ -323,6 +381,8 @@ class FleetTracker:
             )
             for unsettled in self._unsettled:
                 unsettled.pop(hostname, None)
+            if self._unlisted is not None:
+                self._unlisted.pop(hostname, None)
             if self.fleet.standing(hostname) is not None:
                 self.fleet.forget(hostname)
                 self._changed()

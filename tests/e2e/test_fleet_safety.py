@@ -197,6 +197,48 @@ def test_a_restart_behind_a_long_backlog_reads_it_before_any_verdict(
     assert second.metric("overseer_worker_transitions_total", state="offline") == 0
 
 
+def test_a_restart_consumes_while_the_listing_is_slow_and_rewrites_no_listed_row(
+    kubectl, namespace, manager, exchange, workers, start_operator, rabbitmq_api
+):
+    """The restarted operator consumes at once, while the Manager takes 9 s to list the rows
+    (under the client's timeout); the workers it hears meanwhile are active in its fleet, and
+    once the rows are read, those the Manager lists as active are not registered again
+    (refreshInterval 1h: nothing else is due)."""
+    first = start_fleet(kubectl, namespace, manager, exchange, workers, start_operator, "slow")
+    first.stop()
+    eventually(
+        lambda: rabbitmq_api.queue(exchange.queue).get("consumers") == 0,
+        timeout=30,
+        what="the first operator gone from the queue",
+    )
+    manager.clear_requests()  # from here on, only the second operator's
+    listing = f"/messaging/exchanges/{exchange.exchange_id}/modules"
+    held = 9.0
+    manager.delay_next(1, held, "GET", listing)
+
+    second = start_operator(namespace, identity="overseer-e2e-2")
+    eventually(
+        lambda: rabbitmq_api.queue(exchange.queue).get("consumers") == 1,
+        timeout=60,
+        what="the queue consumed",
+    )
+    consumed_at = time.monotonic()
+    first_listing = next(r for r in manager.requests if r.method == "GET" and r.path == listing)
+    assert consumed_at < first_listing.time + held  # before the listing was answered
+    eventually(
+        lambda: (
+            first_listing.status == 200 and second.metric("overseer_manager_pending_writes") == 0
+        ),
+        timeout=60,
+        what="the listing answered and nothing owed",
+    )
+    time.sleep(3)
+    for host in LIVE:
+        assert manager_calls(manager, exchange.exchange_id, host) == [], host
+    # The first operator's own row goes quiet for real: only it may turn inactive.
+    assert_fleet_untouched(manager, exchange, second, others_expire=True)
+
+
 async def publish_filler(amqp_url: str, exchange: Exchange, count: int) -> None:
     """Messages that are not heartbeats (they are acked and ignored), published in bulk."""
     body = b'{"event_type":"filler","hostname":"nobody"}'

@@ -94,6 +94,8 @@ async def test_both_wire_formats_count_and_garbage_is_rejected(monitor):
         monitor.handle_message(b"\x83not a term")
     assert {monitor.tracker.fleet.get(h).state for h in ("w-etf", "w-json")} == {WorkerState.ACTIVE}
     assert monitor.tracker.fleet.get("w-x") is None
+    assert monitor.writer.pending == 0  # held until the Manager's rows are read
+    monitor.on_manager_rows([])  # it lists neither
     assert monitor.writer.pending == 2  # two registrations owed to the Manager
     rejected = [
         sample

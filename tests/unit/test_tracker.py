@@ -62,6 +62,9 @@ class RecordingWriter:
         self.retired.append(hostname)
         self.owed.add(hostname)
 
+    def forget(self, hostname: str) -> None:
+        self.owed.discard(hostname)
+
     def owes(self, hostname: str) -> bool:
         return hostname in self.owed
 
@@ -483,6 +486,107 @@ def test_another_replicas_own_row_is_removed_without_a_verdict(harness):
     tracker.on_manager_rows([row("replica-b", "active", recent)])
     assert harness.writer.retired == ["replica-b", "replica-b"]
     assert harness.verdicts()[-1] == ("w1", INACTIVE, OFFLINE)
+
+
+# Consuming before the Manager's first listing is read
+
+
+@pytest.fixture
+def awaiting() -> Harness:
+    """A tracker that consumes while the Manager's first listing is still being read."""
+    harness = Harness()
+    harness.tracker.await_listing()
+    harness.consume()
+    return harness
+
+
+def test_a_worker_heard_before_the_listing_that_lists_it_active_costs_no_write(awaiting):
+    recent = WALL0 - timedelta(seconds=40)
+    awaiting.beat("w1")
+    awaiting.beat("w1")  # beats again before the listing: no refresh either
+    assert awaiting.state("w1") is ACTIVE  # heard: shown active at once
+    assert awaiting.writer.applied == [] and awaiting.writer.refreshes == []
+    awaiting.tracker.on_manager_rows([row("w1", "active", recent)])
+    assert awaiting.writer.applied == []
+    assert awaiting.writer.marked == ["w1"]  # its row is current
+    assert awaiting.events.recorded == []  # nothing changed: no Event
+    awaiting.beat("w1")
+    assert awaiting.writer.refreshes == ["w1"]  # from here on as any worker
+
+
+def test_a_worker_heard_before_the_listing_is_registered_once_unless_listed_active(awaiting):
+    recent = WALL0 - timedelta(seconds=40)
+    for hostname in ("new", "was-inactive", "other-type", "listed"):
+        awaiting.beat(hostname)
+    awaiting.tracker.on_manager_rows(
+        [
+            row("was-inactive", "inactive", recent),
+            ModuleRecord("other-type", "deployer", "active", [], recent),
+            row("listed", "active", recent),
+        ]
+    )
+    applied = [(t.hostname, t.previous, t.current) for t in awaiting.writer.applied]
+    assert sorted(applied) == [
+        ("new", None, ACTIVE),
+        ("other-type", None, ACTIVE),
+        ("was-inactive", None, ACTIVE),
+    ]
+    assert awaiting.writer.marked == ["listed"]
+    awaiting.writer.acknowledge_all()
+    awaiting.tracker.on_manager_rows([row("was-inactive", "active", WALL0)])  # written now
+    assert len(awaiting.writer.applied) == 3  # the next listing owes nothing more
+
+
+def test_a_worker_seeded_from_the_status_and_heard_before_the_listing_is_not_refreshed():
+    """Known from the last status (active), heard again before the rows are read: its row, if
+    current, is not written again; without a row, the refresh its heartbeat owes is."""
+    harness = Harness()
+    recent = WALL0 - timedelta(seconds=30)
+    harness.tracker.seed_from_status(
+        {"modules": [status_module(h, "active", recent) for h in ("listed", "unlisted")]}
+    )
+    harness.tracker.await_listing()
+    harness.consume()
+    harness.beat("listed")
+    harness.beat("unlisted")
+    assert harness.writer.applied == [] and harness.writer.refreshes == []
+    harness.tracker.on_manager_rows([row("listed", "active", recent)])
+    assert harness.writer.marked == ["listed"]
+    assert harness.writer.refreshes == ["unlisted"]
+    assert harness.writer.applied == []
+
+
+def test_a_failed_first_listing_registers_what_was_held(awaiting):
+    awaiting.beat("w1")
+    assert awaiting.writer.applied == []
+    awaiting.tracker.listing_unavailable()
+    assert [(t.hostname, t.current) for t in awaiting.writer.applied] == [("w1", ACTIVE)]
+    assert [t.hostname for t in awaiting.events.recorded] == ["w1"]
+
+
+def test_a_verdict_on_a_worker_still_held_comes_after_its_registration(awaiting):
+    """A Manager that does not answer the listing for longer than ``inactiveAfter``: the
+    registration is owed first, then the verdict, in order."""
+    awaiting.beat("w1")
+    awaiting.clocks.advance(601)
+    awaiting.sweep()
+    assert [(t.hostname, t.current) for t in awaiting.writer.applied] == [
+        ("w1", ACTIVE),
+        ("w1", INACTIVE),
+    ]
+
+
+def test_a_monitor_that_stops_before_the_listing_still_owes_the_registrations(awaiting):
+    awaiting.beat("w1")
+    awaiting.tracker.stop_judging()
+    assert [(t.hostname, t.current) for t in awaiting.writer.applied] == [("w1", ACTIVE)]
+
+
+def test_a_worker_forgotten_while_held_is_never_registered(awaiting):
+    awaiting.beat("w1")
+    awaiting.tracker.forget("w1")
+    awaiting.tracker.on_manager_rows([])
+    assert awaiting.writer.applied == []
 
 
 # The sweeper loop
