@@ -137,7 +137,9 @@ class FleetTracker:
         the end, so the fleet's clock stops for good and no worker is judged (a flush waiting
         for a Manager that is down would otherwise let thresholds pass on unread heartbeats)."""
         self._judging = False
-        self._register_unlisted(())  # owed all the same: the last flush writes them
+        # Held registrations are not owed yet: whoever consumes next hears those workers again
+        # and asks its own listing (a handover flushing them rewrote current rows).
+        self._unlisted = None
         self._verdicts_may_have_changed()
 
     def ingest_verdict(self) -> Verdict:
