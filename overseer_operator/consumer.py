@@ -1,13 +1,11 @@
-"""The heartbeat consumer: one AMQP channel per exchange, consuming one queue by name, once.
+"""The heartbeat consumer: one AMQP connection per exchange, consuming one queue by name, once.
 
-The channel is on a connection shared with the other exchanges of the namespace that name the
-same broker (``connection_pool``). It is a plain connection, not aio-pika's robust one: a robust
-reconnect restores consumers behind the caller's back (it has come back with none, and together
-with a re-consume it has left several on one queue), and it never recovers a consumer the broker
-cancelled. Here a lost connection, a closed channel or a cancelled consumer all end the same way:
-the channel is closed, the connection let go (and opened afresh if it was lost), and the queue is
-consumed exactly once on a new channel. So there is never more than one consumer per queue per
-monitor, whatever the reconnects.
+The connection is a plain one, not aio-pika's robust connection: a robust reconnect restores
+consumers behind the caller's back (it has come back with none, and together with a re-consume
+it has left several on one queue), and it never recovers a consumer the broker cancelled. Here a
+lost connection, a closed channel or a cancelled consumer all end the same way: the connection is
+closed and opened afresh, and the queue is consumed exactly once on it. So there is never more
+than one consumer per queue per monitor, whatever the reconnects.
 
 Every ``verify_interval`` the queue is declared passively on the consuming channel: the broker
 itself says that the queue exists, that it has a consumer and how many messages wait. Those
@@ -28,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -39,15 +38,15 @@ from aiormq.abc import AbstractChannel as ProtocolChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from overseer_operator import defaults
+from overseer_operator import collector, defaults
 from overseer_operator.aiotools import wait_event
 from overseer_operator.backoff import Backoff
-from overseer_operator.connection_pool import ConnectionPool, Lease
 from overseer_operator.heartbeat import MessageRejected
 from overseer_operator.model import BrokerState, BrokerStatus
 
 logger = logging.getLogger(__name__)
 
+AMQP_HEARTBEAT_SECONDS = 30
 # Longest an ack waits for its batch to fill: far below any threshold, and it bounds what a lost
 # connection redelivers. A queue of 1,000 workers at 30 s gets 33 deliveries a second: at 50 ms
 # that was an ack frame (and a task) for every one or two of them, 2,000 a second over 100 queues.
@@ -97,9 +96,8 @@ class HeartbeatConsumer:
         on_state: StateCallback,
         on_queue: QueueCallback = lambda reading: None,
         *,
-        ca_data: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         connection_name: str = "overseer-operator",
-        pool: ConnectionPool | None = None,
         retry_interval: float = defaults.BROKER_RETRY_INTERVAL,
         verify_interval: float = defaults.BROKER_VERIFY_INTERVAL,
         connect_slots: asyncio.Semaphore | None = None,
@@ -112,14 +110,12 @@ class HeartbeatConsumer:
         self._handle = handle
         self._on_state = on_state
         self._on_queue = on_queue
-        self._ca_data = ca_data
+        self._ssl_context = ssl_context
         self._connection_name = connection_name
-        self._pool = pool or ConnectionPool()
         self._retry_interval = retry_interval
         self._verify_interval = verify_interval
         self._connect_slots = connect_slots or contextlib.nullcontext()
         self._state: BrokerStatus | None = None
-        self._lease: Lease | None = None
         self.connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._acks: AckBatcher | None = None
@@ -128,7 +124,7 @@ class HeartbeatConsumer:
     def halt(self) -> None:
         """Handle and settle no delivery from now on, at once (synchronously): this replica lost
         the exchange. What was handled but not acked yet, and whatever is delivered until the
-        channel closes, goes back to the queue for the next owner to read, so no heartbeat
+        connection closes, goes back to the queue for the next owner to read, so no heartbeat
         is consumed without being written by someone."""
         self._halted = True
         acks, self._acks = self._acks, None
@@ -188,8 +184,13 @@ class HeartbeatConsumer:
             await backoff.wait()
 
     async def _connect(self, url: str) -> None:
-        self._lease = await self._pool.acquire(url, self._ca_data, self._connection_name)
-        self.connection = self._lease.connection
+        self.connection = await aio_pika.connect(
+            url,
+            ssl_context=self._ssl_context,
+            heartbeat=AMQP_HEARTBEAT_SECONDS,
+            client_properties={"connection_name": self._connection_name},
+            timeout=defaults.BROKER_CONNECT_TIMEOUT,
+        )
         self._channel = await self.connection.channel()
         await self._channel.set_qos(prefetch_count=self._prefetch)
 
@@ -217,30 +218,19 @@ class HeartbeatConsumer:
             cancelled = True
             lost.set()
 
-        def on_close(*_: object) -> None:
-            lost.set()
-
-        connection = self.connection
-        if connection.is_closed:
-            return  # lost while the channel opened (its callbacks are spent)
-        # Removed again: the connection outlives this channel when it is shared.
-        connection.close_callbacks.add(on_close)
-        self._channel.close_callbacks.add(on_close)
+        self.connection.close_callbacks.add(lambda *_: lost.set())
+        self._channel.close_callbacks.add(lambda *_: lost.set())
         # The broker cancels a consumer whose queue is deleted: known at once, not at the next
         # verification, so that not a second of silence is read into the fleet.
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(on_cancel)
-        try:
-            while True:
-                await wait_event(lost, self._verify_interval)
-                if cancelled:
-                    raise ConsumerLost(self._queue_name)
-                if lost.is_set() or connection.is_closed or self._channel.is_closed:
-                    return
-                await self._verify()
-        finally:
-            if not connection.close_callbacks.is_frozen:  # frozen once they have run
-                connection.close_callbacks.discard(on_close)
+        while True:
+            await wait_event(lost, self._verify_interval)
+            if cancelled:
+                raise ConsumerLost(self._queue_name)
+            if lost.is_set() or self.connection.is_closed or self._channel.is_closed:
+                return
+            await self._verify()
 
     async def _verify(self) -> None:
         assert self._channel is not None
@@ -281,18 +271,16 @@ class HeartbeatConsumer:
             )
 
     async def _close(self) -> None:
-        channel, self.connection, self._channel = self._channel, None, None
-        lease, self._lease = self._lease, None
+        connection, self.connection, self._channel = self.connection, None, None
         acks, self._acks = self._acks, None
         if acks is not None:
-            await acks.aclose()  # what was handled is acked before the channel goes
-        if channel is not None and not channel.is_closed:
-            try:  # unacked deliveries go back to the queue now, not when the connection goes
-                await asyncio.wait_for(channel.close(), timeout=defaults.SHUTDOWN_TIMEOUT)
+            await acks.aclose()  # what was handled is acked before the connection goes
+        if connection is not None:
+            collector.request_thaw()  # the connection's objects may be frozen garbage now
+            try:
+                await asyncio.wait_for(connection.close(), timeout=defaults.SHUTDOWN_TIMEOUT)
             except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, OSError) as error:
-                logger.debug("Broker channel closed uncleanly: %s", error)
-        if lease is not None:
-            await lease.release()
+                logger.debug("Broker connection closed uncleanly: %s", error)
 
     async def aclose(self) -> None:
         await self._close()

@@ -18,9 +18,8 @@ from typing import Any, Protocol
 from overseer_operator import collector, defaults
 from overseer_operator.aiotools import LoopSemaphores, loop_semaphore
 from overseer_operator.backoff import Backoff
-from overseer_operator.broker import resolve_broker_urls
+from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
 from overseer_operator.config import Connections, ExchangeSpec
-from overseer_operator.connection_pool import connection_pool
 from overseer_operator.consumer import HeartbeatConsumer, QueueReading, describe_url
 from overseer_operator.manager_client import (
     ManagerClient,
@@ -151,10 +150,8 @@ class Session:
             self._owner.handle_message,
             self._owner.on_broker_status,
             self._owner.on_queue_reading,
-            ca_data=self.connections.amqp_ca_data,
-            # Shared by the namespace's exchanges on the same broker, never across namespaces.
-            connection_name=f"overseer-operator {self._labels[0]}",
-            pool=connection_pool(),
+            ssl_context=amqp_ssl_context(self.connections.amqp_ca_data),
+            connection_name=f"overseer-operator {self._labels[0]}/{self._labels[1]}",
             connect_slots=broker_slots(),
         )
 

@@ -211,6 +211,7 @@ class FleetTracker:
                 self.writer.observe_heartbeat(owed)
             else:
                 self._dispatch(owed)
+        self._changed()
         self._wake.set()
 
     # --- the heartbeat path --------------------------------------------------------------
@@ -251,8 +252,9 @@ class FleetTracker:
                 unlisted[heartbeat.hostname] = heartbeat  # the refresh it owes, if the rows do
             return
         if unlisted is not None and transition.previous is None:
-            unlisted[transition.hostname] = transition  # registered once the rows are read
-            self._changed()
+            # Registered once the rows are read. No status render meanwhile: the first round of
+            # a restarted fleet's heartbeats was a patch a second from every exchange.
+            unlisted[transition.hostname] = transition
             return
         self._dispatch(transition)
         self._wake.set()

@@ -117,7 +117,7 @@ def test_reconnects_leave_exactly_one_consumer(
     kubectl, namespace, manager, exchange, workers, start_operator, rabbitmq_api
 ):
     operator = start_fleet(kubectl, namespace, manager, exchange, workers, start_operator, "flaky")
-    connection_name = f"overseer-operator {namespace}"  # shared by the namespace's exchanges
+    connection_name = f"overseer-operator {namespace}/flaky"
     for _ in range(4):
         rabbitmq_api.close_connection(connection_name)
         time.sleep(1.5)

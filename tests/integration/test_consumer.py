@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from overseer_operator.broker import amqp_ssl_context
 from overseer_operator.consumer import ACK_FLUSH_DELAY, HeartbeatConsumer
 from overseer_operator.model import BrokerState, BrokerStatus
 from tests.fixtures.testbed import AmqpTopology, RabbitMQManagement, Testbed
@@ -219,7 +220,7 @@ async def test_amqps_is_verified_with_the_ca_bundle(
     consumer = recorder.consumer(
         [testbed.amqps_url],
         topology.queue,
-        ca_data=testbed.ca_file.read_text(),
+        ssl_context=amqp_ssl_context(testbed.ca_file.read_text()),
     )
     async with consuming(consumer):
         await recorder.reached(BrokerState.CONSUMING)
