@@ -94,7 +94,8 @@ class FleetTracker:
         # Restart evidence not yet settled: the state each record shows (the Manager's row last),
         # the strongest evidence of each worker, the proven last-heard wall time of workers only
         # seeded, and the latest moment a record proves each was heard. A worker heard meanwhile
-        # leaves them all.
+        # leaves them all. The proofs of life outlive the settling: rows read after it (a start
+        # that consumed before the Manager's list came) prove no silence past them.
         self._shown: dict[str, WorkerState] = {}
         self._evidence: dict[str, seeding.Evidence] = {}
         self._heard_wall: dict[str, datetime] = {}
@@ -255,6 +256,7 @@ class FleetTracker:
             # Registered once the rows are read. No status render meanwhile: the first round of
             # a restarted fleet's heartbeats was a patch a second from every exchange.
             unlisted[transition.hostname] = transition
+            self._wake.set()  # its deadline counts all the same
             return
         self._dispatch(transition)
         self._wake.set()
@@ -424,13 +426,12 @@ class FleetTracker:
         """Verdicts are allowed again: apply the evidence of workers still unheard, then tell the
         writers, once, where the fleet's view differs from what the records show."""
         evidence, self._evidence = self._evidence, {}
-        alive_wall, self._alive_wall = self._alive_wall, {}
         now = self._evidence_clock()
         for proof in evidence.values():
             standing = self.fleet.standing(proof.hostname)
             if standing is not None and standing[1] is None:
                 silent_for = proof.silent_for
-                alive = alive_wall.get(proof.hostname)
+                alive = self._alive_wall.get(proof.hostname)
                 if silent_for is not None and alive is not None:  # no silence past a proof of life
                     silent_for = min(silent_for, max(0.0, seeding.seconds_since(alive, now)))
                 self.fleet.seed(

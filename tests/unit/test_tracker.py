@@ -417,6 +417,25 @@ def test_no_record_proves_silence_past_a_heartbeat_time_in_the_status(harness):
     assert harness.verdicts() == [("w1", ACTIVE, INACTIVE)]
 
 
+def test_a_status_heartbeat_time_still_caps_rows_read_after_the_seeds_were_settled(harness):
+    """The same handover, in the order a start that consumes first can take: the queue is read
+    to the end (seeds settled from the status) before the Manager's rows arrive. The stale row
+    still proves no silence past the status's heartbeat time (the proof of life outlives the
+    settling), so w1 is not deleted before it had a chance to beat."""
+    tracker = harness.tracker
+    tracker.seed_from_status(
+        {"modules": [status_module("w1", "active", WALL0 - timedelta(seconds=3))]}
+    )
+    tracker.await_listing()
+    harness.consume()  # caught up: the status's evidence is settled now
+    tracker.on_manager_rows([row("w1", "active", WALL0 - timedelta(minutes=30))])
+    harness.sweep()
+    assert harness.verdicts() == []
+    harness.clocks.advance(590)
+    harness.sweep()
+    assert harness.verdicts() == []  # a full threshold from the proven heartbeat
+
+
 def test_rows_left_while_the_manager_writes_failed_do_not_prove_the_outage_as_silence(harness):
     """The previous owner could not write to the Manager for the last 20 minutes before it
     stopped (its status says so) while it consumed every heartbeat: its 25-minute-old rows
@@ -642,6 +661,31 @@ async def test_the_sweeper_wakes_for_a_worker_that_joins_while_it_sleeps():
         tracker.set_thresholds(Thresholds(10, 70, 3600))  # offline comes sooner now
         await asyncio.sleep(10)
         assert [t.current for t in writer.applied][-1] is OFFLINE
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+
+@pytest.mark.looptime
+async def test_the_sweeper_wakes_for_a_worker_held_until_the_listing():
+    """A worker heard while the Manager's list is awaited joins the fleet all the same: the
+    sweeper must wake for its deadline, and its registration goes before the verdict."""
+    loop = asyncio.get_running_loop()
+    writer, events = RecordingWriter(), RecordingEvents()
+    tracker = FleetTracker(("ns", "sweeper3"), writer, events, lambda: None, loop.time)  # type: ignore[arg-type]
+    tracker.await_listing()
+    tracker.on_broker_status(CONSUMING)
+    tracker.set_thresholds(Thresholds(60, 120, 3600))
+    sweeper = asyncio.create_task(tracker.sweep_forever())
+    try:
+        await asyncio.sleep(1000)  # nothing to do: it sleeps without a deadline
+        tracker.observe(Heartbeat("held", "builder", "active", []))
+        await asyncio.sleep(61)  # the Manager never answered the list meanwhile
+        assert [(t.hostname, t.current) for t in writer.applied] == [
+            ("held", ACTIVE),
+            ("held", INACTIVE),
+        ]
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
