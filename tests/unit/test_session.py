@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from overseer_operator import defaults
 from overseer_operator import session as session_module
 from overseer_operator.backoff import Backoff
 from overseer_operator.config import Connections, ExchangeSpec
@@ -117,6 +118,25 @@ async def test_consuming_does_not_wait_for_the_modules_listing(client, manager_e
     assert owner.of("broker")[0].state is BrokerState.CONNECTING
     assert owner.of("register") == ["overseer-test-0"]
     assert "rows-unavailable" not in kinds
+
+
+async def test_the_broker_lookup_does_not_queue_behind_the_listings(client, manager_emulator):
+    """Looking the broker up in the Manager took a start-up slot, as the listings of the
+    fleets do: a restart of 100 exchanges under traffic consumed about 4 queues a second, each
+    lookup behind 1,000-row listings. Every listing slot taken: the queue is still consumed."""
+    listing_slots = session_module.startup_slots()
+    for _ in range(defaults.STARTUP_CONCURRENCY):
+        await listing_slots.acquire()  # as if 10 other exchanges' listings were in flight
+    try:
+        owner = RecordingOwner()
+        async with running(owner, client, amqp_url=None):
+            await owner.until(lambda: "register" in owner.kinds())  # its consumer was made
+            assert "rows" not in owner.kinds()  # its own listing still waits for a slot
+        requests = [(r.method, r.path) for r in manager_emulator.requests]
+        assert ("GET", f"/messaging/brokers/{BROKER_ID}/connections") in requests
+    finally:
+        for _ in range(defaults.STARTUP_CONCURRENCY):
+            listing_slots.release()
 
 
 async def test_a_listing_is_not_kept_while_the_session_waits_for_the_next(client, manager_emulator):
