@@ -120,6 +120,11 @@ class HeartbeatConsumer:
         self._channel: AbstractChannel | None = None
         self._acks: AckBatcher | None = None
         self._halted = False
+        self._consuming = asyncio.Event()
+
+    async def wait_consuming(self) -> None:
+        """Until the queue is consumed on a connection (at once if it is now)."""
+        await self._consuming.wait()
 
     def halt(self) -> None:
         """Handle and settle no delivery from now on, at once (synchronously): this replica lost
@@ -205,6 +210,7 @@ class HeartbeatConsumer:
             self._acks = AckBatcher(underlay, max(1, self._prefetch // 4))
         # A plain callable: aiormq wraps it with ``awaitable()``, so no task is made per message.
         await underlay.basic_consume(self._queue_name, self._on_message)  # type: ignore[arg-type]
+        self._consuming.set()
         self._report(BrokerState.CONSUMING, f"consuming queue {self._queue_name!r}")
 
     async def _supervise(self) -> None:
@@ -271,6 +277,7 @@ class HeartbeatConsumer:
             )
 
     async def _close(self) -> None:
+        self._consuming.clear()
         connection, self.connection, self._channel = self.connection, None, None
         acks, self._acks = self._acks, None
         if acks is not None:

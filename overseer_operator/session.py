@@ -173,6 +173,10 @@ class Session:
         )
 
         async def publish(target: str, routing_key: str, body: bytes) -> None:
+            # Not before the consumer has its connection: a start consumes before the Manager's
+            # lookups are done, and each exchange warned that it could not publish (then waited
+            # a whole interval); while the broker is away, its condition already says so.
+            await consumer.wait_consuming()
             if not self._own_heartbeat_stopped:
                 started = asyncio.get_running_loop().time()
                 await consumer.publish(target, routing_key, body)

@@ -139,6 +139,21 @@ async def test_the_broker_lookup_does_not_queue_behind_the_listings(client, mana
             listing_slots.release()
 
 
+async def test_the_own_heartbeat_waits_for_the_consumer_s_connection(
+    client, manager_emulator, caplog: pytest.LogCaptureFixture
+):
+    """A start consumes before its Manager reads are done, and the own heartbeat was published
+    as soon as the exchange's routing was known: every exchange of a restart warned that it was
+    not connected, and published only an interval later. It waits for the connection now."""
+    owner = RecordingOwner()
+    path = f"/messaging/exchanges/{EXCHANGE_ID}"
+    async with running(owner, client):  # a broker that refuses every connection
+        await owner.until(lambda: any(r.path == path for r in manager_emulator.requests))
+        await owner.until(lambda: len(owner.of("broker")) >= 2)  # a connection was refused
+        await asyncio.sleep(0.2)
+    assert "Own heartbeat not published" not in caplog.text
+
+
 async def test_a_listing_is_not_kept_while_the_session_waits_for_the_next(client, manager_emulator):
     """The reconciliation held its last listing (about 640 bytes a row) while it slept until
     the next one, five minutes later: at 10 x 1,000 workers, 6 MiB of the operator's RSS."""
