@@ -62,8 +62,8 @@ def broker_slots() -> asyncio.Semaphore:
 
 def broker_lookup_slots() -> asyncio.Semaphore:
     """The same bound for the Manager reads of broker connections, apart from both: a lookup
-    never waits behind the listings (it took a slot among them, so a restart of 100 exchanges
-    consumed about 4 queues a second), nor a connect behind other exchanges' lookups."""
+    never waits behind the listings (with a slow Manager, a queue waited for other exchanges'
+    listings), nor a connect behind other exchanges' lookups."""
     return loop_semaphore(_broker_lookup_slots, defaults.STARTUP_CONCURRENCY)
 
 
@@ -173,9 +173,9 @@ class Session:
         )
 
         async def publish(target: str, routing_key: str, body: bytes) -> None:
-            # Not before the consumer has its connection: a start consumes before the Manager's
-            # lookups are done, and each exchange warned that it could not publish (then waited
-            # a whole interval); while the broker is away, its condition already says so.
+            # Not before the consumer has its connection: the exchange's routing is often read
+            # first, and each exchange of a restart warned that it could not publish (then
+            # waited a whole interval); while the broker is away, its condition already says so.
             await consumer.wait_consuming()
             if not self._own_heartbeat_stopped:
                 started = asyncio.get_running_loop().time()
