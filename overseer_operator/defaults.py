@@ -21,6 +21,9 @@ PREFETCH = 200
 # the operator's own timings
 STATUS_REFRESH_INTERVAL = 60.0  # heartbeat times in the status are at most this stale
 STATUS_MIN_INTERVAL = 1.0  # a burst of changes becomes one status patch
+# Longest a monitor's first status patch waits for its start to settle (status.py): what a
+# restart shows meanwhile is the status the previous process left.
+STATUS_START_HOLD = 10.0
 CONFIG_RETRY_INTERVAL = 10.0  # missing or refused Secrets are read again this often
 SHUTDOWN_TIMEOUT = 5.0  # for each last call at shutdown (final status, deregistration, close)
 MANAGER_TIMEOUT = 10.0  # per Manager or OAuth request attempt
@@ -28,6 +31,10 @@ MANAGER_TIMEOUT = 10.0  # per Manager or OAuth request attempt
 # no proof of silence for the next process (see manager_writer and seeding).
 MANAGER_WRITE_LATENESS_ALLOWED = 60.0
 KUBERNETES_TIMEOUT = 15.0  # per Kubernetes API request
+# Connections the operator's own Kubernetes client keeps (kopf has its own): exchanges starting
+# together queue for these instead of each opening one, a TLS handshake on both sides apiece.
+KUBERNETES_CONNECTIONS = 10
+KUBERNETES_KEEPALIVE = 60.0  # an idle one is kept this long (a steady fleet patches each minute)
 BROKER_CONNECT_TIMEOUT = 10.0
 BROKER_RETRY_INTERVAL = 5.0
 BROKER_VERIFY_INTERVAL = 5.0  # how often the broker is asked about the queue (consumer, depth)

@@ -93,6 +93,11 @@ class KubeApi:
             auth=_ConfigurationAuth(configuration),
             timeout=httpx.Timeout(defaults.KUBERNETES_TIMEOUT),
             headers={"User-Agent": COMPONENT},
+            limits=httpx.Limits(
+                max_connections=defaults.KUBERNETES_CONNECTIONS,
+                max_keepalive_connections=defaults.KUBERNETES_CONNECTIONS,
+                keepalive_expiry=defaults.KUBERNETES_KEEPALIVE,
+            ),
         )
         return cls(http)
 

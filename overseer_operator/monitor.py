@@ -85,7 +85,9 @@ class ExchangeMonitor:
         self._loop = asyncio.get_running_loop()
         self.conditions = ConditionSet()
         self.conditions.seed((body.get("status") or {}).get("conditions") or ())
-        self.status_writer = StatusWriter(kube, self.namespace, self.name, self._render_status)
+        self.status_writer = StatusWriter(
+            kube, self.namespace, self.name, self._render_status, settled=self._start_settled
+        )
         # With several replicas (sharding.py): the status as this owner found it, and the epoch
         # every status patch is conditional on.
         self._seed_status = seed_status
@@ -386,6 +388,19 @@ class ExchangeMonitor:
             if verdict is not None and not verdict.status:
                 return verdict
         return write or read
+
+    def _start_settled(self) -> bool:
+        """Whether the status may be written yet: the Manager's rows are read (or cannot be: the
+        fleet is otherwise only what the old status listed) and the broker has answered, or
+        there is something a reader must see now (a configuration error, a shutdown)."""
+        if self._spec_error or self._connection_error or self._stopping or self._halted:
+            return True
+        broker = self.tracker.broker
+        return (
+            not self.tracker.awaiting_listing
+            and broker is not None
+            and broker.state is not BrokerState.CONNECTING
+        )
 
     def _view(self) -> MonitorView:
         return MonitorView(

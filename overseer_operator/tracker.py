@@ -190,6 +190,10 @@ class FleetTracker:
         if self._unlisted is None:
             self._unlisted = {}
 
+    @property
+    def awaiting_listing(self) -> bool:
+        return self._unlisted is not None
+
     def listing_unavailable(self) -> None:
         """The first listing failed: register whatever was held (the writes wait for the Manager
         as any other would)."""

@@ -97,6 +97,57 @@ def test_restart_finds_dead_workers_and_spares_live_ones(
     assert restarted.alive()
 
 
+TOTAL_AND_READY = "{.status.workers.total} {.status.conditions[?(@.type=='Ready')].reason}{\"\\n\"}"
+
+
+def test_a_restart_shows_the_whole_fleet_throughout(
+    kubectl, namespace, manager, exchange, start_operator, amqp_url
+):
+    """More workers than the status lists (50): a restarted process knows the others only from
+    the Manager's list, and its status waits for it. Before, its first patch counted the 50
+    listed workers (the fleet seemed to shrink at every restart), the next ones counted more.
+    Every version of the status across the restart is read, through a watch."""
+    hosts = [f"many-{index}" for index in range(60)]
+    workers = Workers(amqp_url, exchange, interval=2.0)
+    try:
+        workers.alive.update(dict.fromkeys(hosts, "builder"))
+        apply_exchange(
+            kubectl,
+            namespace,
+            "many",
+            exchange,
+            thresholds={"inactiveAfter": "30s", "offlineAfter": "60s"},
+        )
+        operator = start_operator(namespace)
+        fleet = len(hosts) + 1  # and the operator's own row
+        eventually(
+            lambda: (
+                get_exchange(kubectl, namespace, "many")["status"]["workers"]
+                == {"total": fleet, "active": fleet, "inactive": 0, "offline": 0}
+            ),
+            timeout=60,
+            what="the whole fleet in the status",
+        )
+        watch = subprocess.Popen(
+            [str(kubectl.executable), "--kubeconfig", str(kubectl.kubeconfig), "get", "mx",
+             "many", "-n", namespace, "--watch", "--output", f"jsonpath={TOTAL_AND_READY}"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            operator.stop()
+            start_operator(namespace, identity="overseer-e2e-2")
+            wait_ready_again(kubectl, namespace, "many")
+            time.sleep(3)  # whatever the new process writes next
+        finally:
+            watch.terminate()
+        versions = [line.split() for line in watch.communicate(timeout=10)[0].splitlines()]
+        assert len(versions) >= 2 and versions[-1][1] == "Monitoring", versions
+        # The new process's own row joins the old one's (not removed at a restart).
+        assert min(int(total) for total, _ in versions) >= fleet, versions
+    finally:
+        workers.close()
+
+
 def wait_registered(manager, exchange_id: str, hosts: list[str]) -> None:
     eventually(
         lambda: all(manager_states(manager, exchange_id).get(host) == "active" for host in hosts),

@@ -4,14 +4,18 @@ line)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import httpx
 import pytest
+from kopf import ConnectionInfo
 
+from overseer_operator import defaults
 from overseer_operator.config import SecretKeyRef, secret_reader
 from overseer_operator.kube import KubeApi
 from overseer_operator.model import ConfigError, Reason
+from tests.http_server import json_server
 
 
 class Recorder:
@@ -78,3 +82,19 @@ async def test_an_unusable_namespace_is_never_sent(
     with pytest.raises(ConfigError):
         await secret_reader(kube.get_secret_data, namespace)(SecretKeyRef("creds", "token"))
     assert recorder.paths == []
+
+
+async def test_status_patches_of_many_exchanges_share_a_few_connections() -> None:
+    """A hundred exchanges starting together patch their statuses at once: each new connection
+    is a TLS handshake for the operator and the API server alike, and httpx's pool kept 100 of
+    them (each request then walked all of them); the client keeps a few, reused."""
+    async with json_server(delay=0.02) as server:
+        kube = KubeApi.from_configuration(ConnectionInfo(server=server.url))
+        try:
+            await asyncio.gather(
+                *(kube.patch_status("ns", f"x{index}", {"workers": {}}) for index in range(50))
+            )
+        finally:
+            await kube.aclose()
+    assert server.requests == 50
+    assert server.connections <= defaults.KUBERNETES_CONNECTIONS

@@ -145,3 +145,25 @@ async def test_waiting_for_a_spec_change_leaves_no_garbage_and_ends_at_the_stop(
     setter.set()
     await asyncio.sleep(0.001)
     assert waiting.done()
+
+
+def test_the_status_waits_for_the_manager_s_list_and_the_broker_s_answer(monitor):
+    assert not monitor._start_settled()  # the fleet is the one worker the old status listed
+    consuming(monitor)
+    assert not monitor._start_settled()
+    monitor.on_manager_rows([])
+    assert monitor._start_settled()
+
+
+def test_the_status_is_written_at_once_when_something_is_wrong(monitor):
+    monitor.on_broker_status(BrokerStatus(BrokerState.CONNECTING, "connecting"))
+    monitor.on_manager_rows_unavailable()  # the Manager cannot be read
+    assert not monitor._start_settled()  # the broker has not answered yet
+    monitor.on_broker_status(BrokerStatus(BrokerState.UNREACHABLE, "connection refused"))
+    assert monitor._start_settled()
+
+
+def test_a_configuration_error_is_written_at_once(monitor):
+    monitor._body["spec"] = {**SPEC, "thresholds": {"inactiveAfter": "soon"}}
+    assert monitor._apply_spec(2) is None
+    assert monitor._start_settled()

@@ -356,3 +356,44 @@ async def test_a_halted_writer_writes_nothing_more_not_even_a_fresh_final_status
     assert await writer.write_if_due() is False
     assert await writer.write_if_due(fresh=True) is False
     assert len(kube.patches) == 1
+
+
+@pytest.mark.looptime
+async def test_the_first_patch_waits_until_the_start_has_settled(kube, rendered):
+    """A restarted monitor knows only the workers the old status listed until the Manager's list
+    arrives: nothing is written before, and the first patch has the whole fleet."""
+    settled = False
+    writer = StatusWriter(kube, "ns", "st", rendered, settled=lambda: settled, start_hold=10.0)
+    task = asyncio.create_task(writer.run())
+    try:
+        rendered.count = 50
+        writer.mark_dirty()
+        await asyncio.sleep(3)
+        assert kube.patches == []
+        rendered.count, settled = 1001, True
+        writer.mark_dirty()
+        await asyncio.sleep(0.5)
+        assert [patch["workers"]["total"] for patch in kube.patches] == [1001]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.looptime
+async def test_a_start_that_does_not_settle_is_written_after_the_hold(kube, rendered):
+    writer = StatusWriter(kube, "ns", "st", rendered, settled=lambda: False, start_hold=10.0)
+    task = asyncio.create_task(writer.run())
+    try:
+        await asyncio.sleep(9.5)
+        assert kube.patches == []
+        await asyncio.sleep(1)
+        assert len(kube.patches) == 1
+        rendered.count = 2  # and from then on as usual
+        writer.mark_dirty()
+        await asyncio.sleep(1.5)
+        assert len(kube.patches) == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
