@@ -358,14 +358,24 @@ async def test_a_halted_writer_writes_nothing_more_not_even_a_fresh_final_status
     assert len(kube.patches) == 1
 
 
+@contextlib.asynccontextmanager
+async def started(writer: StatusWriter) -> AsyncIterator[StatusWriter]:
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.mark.looptime
 async def test_the_first_patch_waits_until_the_start_has_settled(kube, rendered):
     """A restarted monitor knows only the workers the old status listed until the Manager's list
     arrives: nothing is written before, and the first patch has the whole fleet."""
     settled = False
     writer = StatusWriter(kube, "ns", "st", rendered, settled=lambda: settled, start_hold=10.0)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with started(writer):
         rendered.count = 50
         writer.mark_dirty()
         await asyncio.sleep(3)
@@ -374,17 +384,12 @@ async def test_the_first_patch_waits_until_the_start_has_settled(kube, rendered)
         writer.mark_dirty()
         await asyncio.sleep(0.5)
         assert [patch["workers"]["total"] for patch in kube.patches] == [1001]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.looptime
 async def test_a_start_that_does_not_settle_is_written_after_the_hold(kube, rendered):
     writer = StatusWriter(kube, "ns", "st", rendered, settled=lambda: False, start_hold=10.0)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with started(writer):
         await asyncio.sleep(9.5)
         assert kube.patches == []
         await asyncio.sleep(1)
@@ -393,7 +398,3 @@ async def test_a_start_that_does_not_settle_is_written_after_the_hold(kube, rend
         writer.mark_dirty()
         await asyncio.sleep(1.5)
         assert len(kube.patches) == 2
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
