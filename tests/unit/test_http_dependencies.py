@@ -26,8 +26,8 @@ class RecordingFinder(importlib.abc.MetaPathFinder):
 
 async def test_a_request_searches_for_no_module() -> None:
     """httpcore imports ``sniffio`` inside every request: when it is not installed the failed
-    import walks ``sys.path`` each time (four times a request), which was a fifth of the CPU a
-    Manager write or a status patch costs. It is a dependency, so the import is a dict lookup."""
+    import walks ``sys.path`` each time (four times a request, 57 us each: a sixth of what a
+    Manager write or a status patch costs). It is a dependency, so the import is a dict lookup."""
     finder = RecordingFinder()
     async with json_server() as server, httpx.AsyncClient(base_url=server.url) as client:
         await client.get("/")  # whatever is imported lazily on a first request
