@@ -88,7 +88,14 @@ async def measure(workers: int) -> dict[str, float]:
             transport=httpx.MockTransport(lambda request: httpx.Response(201, json={})),
         )
     )
-    writer = ManagerWriter("1", 300.0, loop.time, lambda verdict: None, ("bench", "mass"))
+    writer = ManagerWriter(
+        "1",
+        300.0,
+        loop.time,
+        lambda verdict: None,
+        ("bench", "mass"),
+        active_record=lambda hostname: tracker.fleet.active_record(hostname),
+    )
     writer.attach(InstantManager())  # type: ignore[arg-type]
     events = EventRecorder(kube, {"namespace": "bench", "name": "mass", "uid": "u"})
     tracker = FleetTracker(("bench", "mass"), writer, events, lambda: None, loop.time)

@@ -106,6 +106,12 @@ class Fleet:
         record = self._workers.get(hostname)
         return None if record is None else (_STATE_OF[record[3]], record[5])
 
+    def active_record(self, hostname: str) -> tuple[str, str] | None:
+        """An active worker's module type and workload (compact JSON text): what a Manager
+        refresh writes, read when its turn comes (see ``ManagerWriter``). None if not active."""
+        record = self._workers.get(hostname)
+        return None if record is None or record[3] != _ACTIVE else (record[0], record[2])
+
     def observe(self, heartbeat: Heartbeat) -> Transition | None:
         """Record a heartbeat received now; the transition it causes, if any."""
         now, at = self._now(), self._clock()

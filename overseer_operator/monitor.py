@@ -105,6 +105,8 @@ class ExchangeMonitor:
             self._loop.time,
             self._on_manager_write,
             self._labels,
+            # A refresh writes the worker's newest record, read from the fleet when its turn comes.
+            active_record=lambda hostname: self.tracker.fleet.active_record(hostname),
             lateness_allowed=environment.manager_write_lateness_allowed,
         )
         self.tracker = FleetTracker(

@@ -13,11 +13,13 @@ import pytest
 from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.backoff import Backoff
 from overseer_operator.defaults import MANAGER_WRITE_LATENESS_ALLOWED
+from overseer_operator.fleet import Fleet
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
-from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
+from overseer_operator.model import Heartbeat, Reason, Thresholds, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID, PARENT_EXCHANGE_ID
+from tests.fleet_feed import heard
 from tests.metering import sample
 
 MODULES = f"/messaging/exchanges/{EXCHANGE_ID}/modules"  # not the token endpoint
@@ -33,13 +35,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def fleet(clock: FakeClock) -> Fleet:
+    return Fleet(Thresholds(), clock)
+
+
+@pytest.fixture
 def health() -> list[Verdict]:
     return []
 
 
 @pytest.fixture
 async def writer(
-    manager_settings: ManagerSettings, clock: FakeClock, health: list
+    manager_settings: ManagerSettings, clock: FakeClock, fleet: Fleet, health: list
 ) -> AsyncIterator[ManagerWriter]:
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     async with ManagerClient(settings) as client:
@@ -49,6 +56,7 @@ async def writer(
             clock,
             health.append,
             ("ns", "mx"),
+            active_record=fleet.active_record,
             backoff=Backoff(0.01, 0.05),
         )
         writer.attach(client)
@@ -207,18 +215,18 @@ async def test_the_lateness_metric_keeps_growing_while_the_manager_takes_nothing
     assert sample(lateness, namespace="ns", name="mx") == 0.0
 
 
-async def test_refresh_only_after_the_interval(writer, manager_emulator, clock):
+async def test_refresh_only_after_the_interval(writer, manager_emulator, clock, fleet):
     beat = Heartbeat("w1", "builder", "active", [])
     writer.apply(transition("w1", None, WorkerState.ACTIVE))
     await settled(writer)
     for _ in range(10):  # a steady worker: no write per heartbeat
         clock.now += 30
-        writer.observe_heartbeat(beat)
+        heard(fleet, writer, beat)
     await settled(writer)
     assert len(writes(manager_emulator)) == 2  # registration + one refresh at 300 s
     writer.refresh_interval = 0.0  # the legacy behaviour: every heartbeat
     for _ in range(3):
-        writer.observe_heartbeat(beat)
+        heard(fleet, writer, beat)
         await settled(writer)
     assert len(writes(manager_emulator)) == 5
 
@@ -234,7 +242,7 @@ async def test_a_record_the_manager_refuses_is_dropped_not_retried_forever(
 
 
 async def test_refreshes_after_a_mass_registration_are_spread_evenly(
-    writer, manager_emulator, clock
+    writer, manager_emulator, clock, fleet
 ):
     """No thundering herd: 200 workers registered at once are refreshed over one interval, about
     as many in each tenth of it, and no worker more than once per interval after its first."""
@@ -249,7 +257,7 @@ async def test_refreshes_after_a_mass_registration_are_spread_evenly(
         clock.now += 10
         before = len(writes(manager_emulator))
         for hostname in hostnames:
-            writer.observe_heartbeat(Heartbeat(hostname, "builder", "active", []))
+            heard(fleet, writer, Heartbeat(hostname, "builder", "active", []))
         await settled(writer)
         for _, hostname, _ in writes(manager_emulator)[before:]:
             refreshed_at[hostname].append(clock.now - start)
@@ -275,7 +283,7 @@ async def test_a_halted_writer_starts_no_call_even_for_what_it_still_owes(writer
 
 
 async def test_transitions_are_written_before_the_refreshes_waiting_ahead_of_them(
-    manager_settings, manager_emulator, clock
+    manager_settings, manager_emulator, clock, fleet
 ):
     """A refresh only renews the date of a row that is already right; a verdict changes it. A
     writer behind on its refreshes writes a worker's verdict first, and a worker waiting for
@@ -283,7 +291,13 @@ async def test_transitions_are_written_before_the_refreshes_waiting_ahead_of_the
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     async with ManagerClient(settings) as client:
         writer = ManagerWriter(
-            EXCHANGE_ID, 300.0, clock, lambda _: None, ("ns", "mx"), concurrency=1
+            EXCHANGE_ID,
+            300.0,
+            clock,
+            lambda _: None,
+            ("ns", "mx"),
+            active_record=fleet.active_record,
+            concurrency=1,
         )
         for index in range(6):
             writer.apply(transition(f"w{index}", None, WorkerState.ACTIVE))
@@ -294,7 +308,7 @@ async def test_transitions_are_written_before_the_refreshes_waiting_ahead_of_the
             manager_emulator.clear_requests()
             clock.advance(301)  # every row is due for a refresh
             for index in range(6):
-                writer.observe_heartbeat(Heartbeat(f"w{index}", "builder", "active", []))
+                heard(fleet, writer, Heartbeat(f"w{index}", "builder", "active", []))
             writer.apply(transition("w5", WorkerState.ACTIVE, WorkerState.INACTIVE))
             writer.apply(transition("w9", None, WorkerState.ACTIVE))
             await settled(writer)
@@ -313,7 +327,7 @@ async def test_transitions_are_written_before_the_refreshes_waiting_ahead_of_the
 
 
 async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
-    manager_settings, manager_emulator, clock
+    manager_settings, manager_emulator, clock, fleet
 ):
     """One exchange owes 40 refreshes to a Manager that holds each for 0.5 s; another exchange's
     verdict still finds a write slot while every one of them is held, instead of queueing
@@ -321,8 +335,18 @@ async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     busy_id, quiet_id = EXCHANGE_ID, PARENT_EXCHANGE_ID
     async with ManagerClient(settings) as client:
-        busy = ManagerWriter(busy_id, 300.0, clock, lambda _: None, ("ns", "busy"), concurrency=40)
-        quiet = ManagerWriter(quiet_id, 300.0, clock, lambda _: None, ("ns", "quiet"))
+        busy, quiet = (
+            ManagerWriter(
+                exchange_id,
+                300.0,
+                clock,
+                lambda _: None,
+                ("ns", name),
+                active_record=fleet.active_record,
+                concurrency=concurrency,
+            )
+            for exchange_id, name, concurrency in ((busy_id, "busy", 40), (quiet_id, "quiet", 4))
+        )
         hostnames = [f"w{index}" for index in range(40)]
         for hostname in hostnames:
             busy.mark_written(hostname)
@@ -336,7 +360,7 @@ async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
             )
             clock.advance(301)
             for hostname in hostnames:
-                busy.observe_heartbeat(Heartbeat(hostname, "builder", "active", []))
+                heard(fleet, busy, Heartbeat(hostname, "builder", "active", []))
             await asyncio.sleep(0.1)  # every refresh slot taken, each write held
             quiet.apply(transition("q1", WorkerState.ACTIVE, WorkerState.INACTIVE))
             await settled(quiet)

@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
 
 from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.backoff import Backoff
+from overseer_operator.fleet import Fleet
 from overseer_operator.manager_client import ManagerClient, ManagerSettings
 from overseer_operator.manager_writer import ManagerWriter
-from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
+from overseer_operator.model import Heartbeat, Reason, Thresholds, Transition, Verdict, WorkerState
 from tests.fakes import FakeClock
 from tests.fixtures.manager import EXCHANGE_ID
+from tests.fleet_feed import heard
 from tests.metering import sample
 
 ACTIVE, INACTIVE, OFFLINE = WorkerState.ACTIVE, WorkerState.INACTIVE, WorkerState.OFFLINE
@@ -33,16 +36,29 @@ def transition(
 
 
 @pytest.fixture
-async def writer(manager_settings: ManagerSettings) -> AsyncIterator[ManagerWriter]:
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def fleet(clock: FakeClock) -> Fleet:
+    return Fleet(Thresholds(), clock)
+
+
+@pytest.fixture
+async def writer(
+    manager_settings: ManagerSettings, clock: FakeClock, fleet: Fleet
+) -> AsyncIterator[ManagerWriter]:
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     health: list[Verdict] = []
     async with ManagerClient(settings) as client:
         writer = ManagerWriter(
             EXCHANGE_ID,
             300.0,
-            FakeClock(1000.0),
+            clock,
             health.append,
             ("ns", "seq"),
+            active_record=fleet.active_record,
             concurrency=2,
             backoff=Backoff(0.01, 0.05),
         )
@@ -159,15 +175,14 @@ async def test_a_failed_write_in_flight_is_retried_and_the_count_stays_exact(
 
 @pytest.fixture
 async def health_writer(
-    manager_settings: ManagerSettings,
+    manager_settings: ManagerSettings, clock: FakeClock, fleet: Fleet
 ) -> AsyncIterator[tuple[ManagerWriter, FakeClock, list[Verdict]]]:
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     health: list[Verdict] = []
-    clock = FakeClock(1000.0)
     async with ManagerClient(settings) as client:
         writer = ManagerWriter(
             EXCHANGE_ID, 300.0, clock, health.append, ("ns", "seq-health"),
-            backoff=Backoff(0.01, 0.05),
+            active_record=fleet.active_record, backoff=Backoff(0.01, 0.05),
         )  # fmt: skip
         writer.attach(client)
         task = asyncio.create_task(writer.run())
@@ -182,32 +197,32 @@ def beat(hostname: str, workload: list | None = None) -> Heartbeat:
 
 
 async def test_heartbeats_within_the_refresh_interval_write_nothing(
-    health_writer, manager_emulator
+    health_writer, manager_emulator, fleet
 ):
     writer, clock, _ = health_writer
     writer.apply(transition("w1", None, ACTIVE))
     await settled(writer)
     for _ in range(9):  # 270 s of heartbeats, each settled
         clock.advance(30)
-        writer.observe_heartbeat(beat("w1"))
+        heard(fleet, writer, beat("w1"))
         await settled(writer)
     assert len(manager_emulator.module_writes(EXCHANGE_ID)) == 1
     clock.advance(30)
-    writer.observe_heartbeat(beat("w1", [{"job": "latest"}]))
+    heard(fleet, writer, beat("w1", [{"job": "latest"}]))
     await settled(writer)
     assert len(manager_emulator.module_writes(EXCHANGE_ID)) == 2
     assert manager_emulator.module_writes(EXCHANGE_ID)[-1].body["workload"] == [{"job": "latest"}]
 
 
 async def test_a_heartbeat_while_a_write_is_owed_updates_it_and_owes_nothing_more(
-    health_writer, manager_emulator
+    health_writer, manager_emulator, fleet
 ):
     writer, _clock, _ = health_writer
     manager_emulator.set_unavailable(True)
     writer.apply(transition("w1", None, ACTIVE))
-    writer.observe_heartbeat(beat("w1", [{"job": "newer"}]))
-    writer.observe_heartbeat(beat("w2"))  # known to nobody: a first write is owed
-    writer.observe_heartbeat(beat("w3"))
+    heard(fleet, writer, beat("w1", [{"job": "newer"}]))
+    heard(fleet, writer, beat("w2"))  # known to nobody: a first write is owed
+    heard(fleet, writer, beat("w3"))
     assert writer.pending == 3
     manager_emulator.set_unavailable(False)
     await settled(writer)
@@ -282,10 +297,18 @@ async def test_writes_are_counted_by_operation_and_outcome(health_writer, manage
     assert count("delete", "failure") == before["delete", "failure"] + 1
 
 
-def test_what_is_owed_to_the_manager_is_not_tracked_by_the_garbage_collector() -> None:
+def unattached(clock: FakeClock, fleet: Fleet, name: str) -> ManagerWriter:
+    """A writer with no Manager client yet: what it owes accumulates."""
+    return ManagerWriter(
+        EXCHANGE_ID, 300.0, clock, lambda verdict: None, ("ns", name),
+        active_record=fleet.active_record,
+    )  # fmt: skip
+
+
+def test_what_is_owed_to_the_manager_is_not_tracked_by_the_garbage_collector(clock, fleet):
     """A mass transition owes a write per worker; tracked records would be scanned by every
     full collection it triggers (see the fleet's test of the same)."""
-    writer = ManagerWriter(EXCHANGE_ID, 300.0, FakeClock(1000.0), lambda verdict: None, ("n", "m"))
+    writer = unattached(clock, fleet, "seq-gc")
     gc.collect()
     before = len(gc.get_objects())
     for index in range(5_000):
@@ -294,3 +317,54 @@ def test_what_is_owed_to_the_manager_is_not_tracked_by_the_garbage_collector() -
         gc.collect()
     assert writer.pending == 5_000
     assert len(gc.get_objects()) - before < 50
+
+
+def test_a_refresh_waiting_in_line_holds_no_record_of_its_own(clock, fleet):
+    """100,000 workers owe 333 refreshes a second at the default interval, more than one core
+    writes beside their heartbeats: what waits must cost little. A refresh reads its record from
+    the fleet when its turn comes; it held a copy of its own before (331 bytes, 104 now)."""
+    writer = unattached(clock, fleet, "seq-memory")
+    beats = [beat(f"worker-{index}", [{"job": index}]) for index in range(20_000)]
+    for heartbeat in beats:
+        fleet.observe(heartbeat)
+        writer.mark_written(heartbeat.hostname)
+    clock.advance(301)  # every row is due for a refresh
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for heartbeat in beats:
+            heard(fleet, writer, heartbeat)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert writer.pending == 20_000
+    assert all(writer.owes(heartbeat.hostname) for heartbeat in beats)
+    assert grown / 20_000 < 160
+
+
+async def test_a_refresh_writes_what_the_fleet_holds_when_its_turn_comes(
+    manager_settings, manager_emulator, clock, fleet
+):
+    """The newest workload, and nothing for a worker the fleet no longer counts active."""
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    writer = unattached(clock, fleet, "seq-refresh")
+    for hostname in ("w1", "w2"):
+        heard(fleet, writer, beat(hostname))  # never written: a refresh is owed at once
+    heard(fleet, writer, beat("w1", [{"job": "newest"}]))  # while its refresh waits
+    fleet.forget("w2")
+    assert writer.pending == 2
+    async with ManagerClient(settings) as client:
+        writer.attach(client)
+        task = asyncio.create_task(writer.run())
+        try:
+            await settled(writer)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert [
+        (r.body["hostname"], r.body["workload"])
+        for r in manager_emulator.module_writes(EXCHANGE_ID)
+    ] == [("w1", [{"job": "newest"}])]
