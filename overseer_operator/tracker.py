@@ -203,8 +203,9 @@ class FleetTracker:
         """End the hold: a held worker with a current ``active`` row of its type is only marked
         written; every other is owed what it was held with."""
         unlisted, self._unlisted = self._unlisted, None
-        if not unlisted:
+        if unlisted is None:
             return
+        # Even with nothing held the status changes: its first patch waits for the listing.
         for row in rows:
             held = unlisted.get(row.hostname)
             # Held means heard and nothing dispatched since (``_dispatch`` takes it): active.

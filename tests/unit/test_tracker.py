@@ -583,6 +583,19 @@ def test_a_failed_first_listing_registers_what_was_held(awaiting):
     assert [t.hostname for t in awaiting.events.recorded] == ["w1"]
 
 
+@pytest.mark.parametrize("listing", ["read", "unavailable"])
+def test_the_end_of_the_wait_for_the_listing_is_a_change_even_with_nothing_held(awaiting, listing):
+    """The status writer holds a restarted monitor's first patch until the listing is in (or
+    cannot be): the end of the wait must wake it, heartbeats held or not."""
+    before = awaiting.changes
+    if listing == "read":
+        awaiting.tracker.on_manager_rows([])
+    else:
+        awaiting.tracker.listing_unavailable()
+    assert not awaiting.tracker.awaiting_listing
+    assert awaiting.changes == before + 1
+
+
 def test_a_verdict_on_a_worker_still_held_comes_after_its_registration(awaiting):
     """A Manager that does not answer the listing for longer than ``inactiveAfter``: the
     registration is owed first, then the verdict, in order."""
