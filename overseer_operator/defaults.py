@@ -31,8 +31,9 @@ MANAGER_TIMEOUT = 10.0  # per Manager or OAuth request attempt
 # no proof of silence for the next process (see manager_writer and seeding).
 MANAGER_WRITE_LATENESS_ALLOWED = 60.0
 KUBERNETES_TIMEOUT = 15.0  # per Kubernetes API request
-# Connections the operator's own Kubernetes client keeps (kopf has its own): exchanges starting
-# together queue for these instead of each opening one, a TLS handshake on both sides apiece.
+# Connections each of the operator's own Kubernetes clients keeps (the monitors' one, and with
+# sharding the Leases' one; kopf has its own): exchanges starting together queue for these
+# instead of each opening one, a TLS handshake on both sides apiece.
 KUBERNETES_CONNECTIONS = 10
 KUBERNETES_KEEPALIVE = 60.0  # an idle one is kept this long (a steady fleet patches each minute)
 BROKER_CONNECT_TIMEOUT = 10.0

@@ -54,8 +54,10 @@ async def configure(
     environment = memo.environment
     if environment.sharding:
         # Several replicas share the exchanges by Leases in the operator's own namespace.
+        memo.lease_kube = KubeApi.from_configuration()
         memo.coordinator = Coordinator(
             memo.kube,
+            memo.lease_kube,
             environment.namespace or "default",
             environment.identity,
             environment.lease_timings,
@@ -71,6 +73,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
             memo[task].cancel()
     if memo.get("coordinator") is not None:
         await memo.coordinator.stop()
+        await memo.lease_kube.aclose()
     await memo.kube.aclose()
 
 

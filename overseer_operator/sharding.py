@@ -166,14 +166,17 @@ class Coordinator:
     def __init__(
         self,
         kube: KubeApi,
+        lease_kube: KubeApi,
         namespace: str,
         identity: str,
         timings: Timings,
         *,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._kube = kube
-        self.api = LeaseApi(kube, namespace, timings.request_timeout)
+        self._kube = kube  # the status takeover and Events, as the monitors write them
+        # The Lease calls' own client: a renewal never waits for a connection behind a burst of
+        # status patches (a restart's hundreds), where a slow apiserver could make it late.
+        self.api = LeaseApi(lease_kube, namespace, timings.request_timeout)
         self.namespace = namespace
         self.identity = identity
         self.timings = timings

@@ -18,7 +18,7 @@ from overseer_operator.sharding import Coordinator
 
 async def test_a_lost_claim_halts_its_monitor_before_the_step_down_is_even_seen() -> None:
     unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))  # the Event post fails
-    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    coordinator = Coordinator(unused, unused, "ops", "op-a", Timings())
     claim = coordinator.register("uid-1", "ns", "mx")
     claim.held = True
     seen: list[tuple[bool, bool]] = []  # (held, step-down signalled) when halted
@@ -37,7 +37,7 @@ async def test_every_other_holder_seen_is_a_peer_and_stays_one() -> None:
     """A replica that handed an exchange over is still a replica once it released its member
     Lease on the way out: its own row in an exchange is never a worker's."""
     unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))
-    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    coordinator = Coordinator(unused, unused, "ops", "op-a", Timings())
     coordinator._see(LeaseRecord("overseer-member-op-b", "member", "op-b"))
     coordinator._see(LeaseRecord("overseer-mx-u1", "exchange", "op-c"))
     coordinator._see(LeaseRecord("overseer-mx-u2", "exchange", "op-a"))
@@ -73,7 +73,7 @@ async def test_a_lease_acquired_while_its_daemon_stopped_is_given_back_at_once(g
     gone) or released at once, not left held until it lapses and the orphan collector finds
     it ten minutes later."""
     unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))
-    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    coordinator = Coordinator(unused, unused, "ops", "op-a", Timings())
     leases = SlowLeases()
     coordinator.api = leases  # type: ignore[assignment]
     claim = coordinator.register("uid-1", "ns", "mx")
@@ -100,7 +100,7 @@ async def test_a_lease_is_acquired_only_for_a_daemon_waiting_for_it() -> None:
     its exchange's Lease taken again on its behalf: held and unmonitored, nobody else could
     take it over. Once the daemon waits for the Lease, it is acquired."""
     unused = KubeApi(httpx.AsyncClient(base_url="http://127.0.0.1:9"))
-    coordinator = Coordinator(unused, "ops", "op-a", Timings())
+    coordinator = Coordinator(unused, unused, "ops", "op-a", Timings())
     leases = SlowLeases()
     leases.answer.set()
     coordinator.api = leases  # type: ignore[assignment]
