@@ -175,16 +175,24 @@ def rendered() -> Rendered:
     return Rendered()
 
 
+@contextlib.asynccontextmanager
+async def started(writer: StatusWriter) -> AsyncIterator[StatusWriter]:
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
 async def running(kube: FakeKube, rendered: Rendered) -> AsyncIterator[StatusWriter]:
     writer = StatusWriter(
         kube, "ns", "st", rendered, min_interval=1.0, refresh_interval=60.0, retry_interval=5.0
     )
-    task = asyncio.create_task(writer.run())
-    yield writer
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with started(writer):
+        yield writer
 
 
 @pytest.mark.looptime
@@ -235,13 +243,8 @@ async def test_a_steady_status_is_neither_rewritten_nor_rendered_in_a_loop(kube)
         return {"conditions": [], "workers": {"total": 0}, "modules": []}
 
     writer = StatusWriter(kube, "ns", "idle", render, min_interval=0.01, refresh_interval=0.05)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with started(writer):
         await asyncio.sleep(0.5)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert len(kube.patches) == 1
     assert renders <= 0.5 / 0.05 + 5
 
@@ -294,16 +297,11 @@ async def test_other_failures_raise_and_the_loop_retries_later(kube, rendered):
     with pytest.raises(KubeApiError):
         await writer.write_if_due()
     kube.fail_next(KubeApiError("boom", 500), KubeApiError("connection refused", 0))
-    task = asyncio.create_task(writer.run())
-    try:
+    async with started(writer):
         await asyncio.sleep(4)
         assert kube.patches == []  # the second failure, then waiting out the retry interval
         await asyncio.sleep(10)
         assert len(kube.patches) == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert sample("overseer_kubernetes_writes_total", **labels, outcome="failure") == failures + 3
 
 
@@ -356,17 +354,6 @@ async def test_a_halted_writer_writes_nothing_more_not_even_a_fresh_final_status
     assert await writer.write_if_due() is False
     assert await writer.write_if_due(fresh=True) is False
     assert len(kube.patches) == 1
-
-
-@contextlib.asynccontextmanager
-async def started(writer: StatusWriter) -> AsyncIterator[StatusWriter]:
-    task = asyncio.create_task(writer.run())
-    try:
-        yield writer
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.looptime
