@@ -48,7 +48,10 @@ class Recorder:
             return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
         self.requests.append(request)
         if request.method == "GET":
-            listing = request.url.raw_path.endswith((b"/modules", b"/connections"))
+            # /api/messaging/{exchanges,brokers}/<id>/{modules,connections}: by the route's
+            # shape, as an id may itself be "modules" (one segment fewer: a record).
+            segments = request.url.raw_path.split(b"/")
+            listing = len(segments) == 6 and segments[-1] in (b"modules", b"connections")
             return httpx.Response(200, json=[] if listing else {})
         return httpx.Response(204)
 
@@ -132,6 +135,7 @@ def test_delete_module_stays_on_one_module(hostname: str) -> None:
 @HYPOTHESIS
 @given(exchange_id=SEGMENTS, hostname=SEGMENTS)
 @example(exchange_id="..", hostname="h")
+@example(exchange_id="modules", hostname="modules")
 def test_exchange_ids_stay_one_segment(exchange_id: str, hostname: str) -> None:
     prefix = b"/messaging/exchanges/"
     run(check(exchange_id, lambda client: client.get_exchange(exchange_id), prefix))
@@ -158,6 +162,8 @@ def test_exchange_ids_stay_one_segment(exchange_id: str, hostname: str) -> None:
 @HYPOTHESIS
 @given(broker_id=SEGMENTS)
 @example(broker_id="..")
+@example(broker_id="modules")
+@example(broker_id="connections")
 def test_broker_ids_stay_one_segment(broker_id: str) -> None:
     prefix = b"/messaging/brokers/"
     run(check(broker_id, lambda client: client.get_broker(broker_id), prefix))
