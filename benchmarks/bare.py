@@ -1,6 +1,7 @@
 """The baseline: a bare aio-pika consumer that acks each message, nothing else.
 
-One connection per queue (as the operator has), prefetch 200 (the operator's default), an async
+One connection per queue (as the operator has), at most ``STARTUP_CONCURRENCY`` connecting at once
+(the operator's bound on broker connects), prefetch 200 (the operator's default), an async
 callback that awaits ``message.ack()`` for every delivery. It writes how many messages it has
 consumed to ``--count-file`` every 0.1 s, until SIGTERM.
 
@@ -17,7 +18,9 @@ import signal
 import sys
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+
+from overseer_operator.defaults import STARTUP_CONCURRENCY
 
 PREFETCH = 200
 
@@ -30,14 +33,18 @@ async def run(options: argparse.Namespace) -> None:
         await message.ack()
         count += 1
 
-    connections = []
-    for queue_name in options.queue:
-        connection = await aio_pika.connect(options.amqp_url)
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await channel.declare_queue(queue_name, passive=True)
-        await queue.consume(on_message)
-        connections.append(connection)
+    slots = asyncio.Semaphore(STARTUP_CONCURRENCY)
+
+    async def consume(queue_name: str) -> AbstractConnection:
+        async with slots:
+            connection = await aio_pika.connect(options.amqp_url)
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=PREFETCH)
+            queue = await channel.declare_queue(queue_name, passive=True)
+            await queue.consume(on_message)
+        return connection
+
+    connections = await asyncio.gather(*(consume(queue_name) for queue_name in options.queue))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
