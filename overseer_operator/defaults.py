@@ -42,6 +42,9 @@ BROKER_VERIFY_INTERVAL = 5.0  # how often the broker is asked about the queue (c
 # A session whose broker (looked up in the Manager) stays unreachable is replaced this often, so
 # a broker record rotated in the Manager is picked up without a restart (BROKER_RELOOKUP_INTERVAL).
 BROKER_RELOOKUP_INTERVAL = 60.0
+# A broker's connections read from the Manager serve every exchange that asks this long after
+# (broker.BrokerDirectory): a restart's exchanges, which mostly name one broker, read it once.
+BROKER_LOOKUP_TTL = 10.0
 MAX_BACKOFF = 60.0  # the longest wait between retries of anything
 EVENTS_PER_MINUTE = 10
 # Events a minute for the whole operator, whatever the number of exchanges (100 exchanges

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from overseer_operator import collector, defaults, diagnostics, metrics
+from overseer_operator.broker import BrokerDirectory
 from overseer_operator.config import OperatorEnvironment
 from overseer_operator.kube import API_VERSION, GROUP, KIND, PLURAL, VERSION, KubeApi
 from overseer_operator.monitor import ExchangeMonitor
@@ -44,6 +45,7 @@ async def configure(
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
     memo.token_cache = TokenCache()
+    memo.broker_directory = BrokerDirectory()
     memo.event_budget = RateLimiter(
         defaults.OPERATOR_EVENTS_PER_MINUTE, 60.0, asyncio.get_running_loop().time
     )
@@ -108,13 +110,19 @@ async def monitor_exchange(
                 epoch=epoch,
                 on_fenced=fenced,
                 peers=memo.coordinator.peers,
+                broker_directory=memo.broker_directory,
             ),
             memo.monitors,
             GRACEFUL_STOP,
         )
         return
     monitor = ExchangeMonitor(
-        body, memo.environment, memo.kube, memo.token_cache, memo.get("event_budget")
+        body,
+        memo.environment,
+        memo.kube,
+        memo.token_cache,
+        memo.get("event_budget"),
+        broker_directory=memo.broker_directory,
     )
     memo.monitors[namespace, name] = monitor
     try:

@@ -214,6 +214,10 @@ class ManagerClient:
             )
         )
 
+    @property
+    def settings(self) -> ManagerSettings:
+        return self._settings
+
     async def __aenter__(self) -> ManagerClient:
         return self
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from overseer_operator import defaults, metrics, seeding
+from overseer_operator.broker import BrokerDirectory
 from overseer_operator.conditions import ConditionSet
 from overseer_operator.config import (
     ExchangeSpec,
@@ -73,6 +74,7 @@ class ExchangeMonitor:
         epoch: str | None = None,
         on_fenced: Callable[[], None] | None = None,
         peers: Collection[str] = (),
+        broker_directory: BrokerDirectory | None = None,
     ) -> None:
         self._body = body  # kopf's live view: spec and generation change under our feet
         self.namespace: str = body["metadata"]["namespace"]
@@ -82,6 +84,8 @@ class ExchangeMonitor:
         self.environment = environment
         self._kube = kube
         self._token_cache = token_cache  # exchanges with the same credentials share one token
+        # ...and one read of their broker's connections (a restart starts them all at once).
+        self._broker_directory = broker_directory or BrokerDirectory()
         self._loop = asyncio.get_running_loop()
         self.conditions = ConditionSet()
         self.conditions.seed((body.get("status") or {}).get("conditions") or ())
@@ -254,6 +258,7 @@ class ExchangeMonitor:
             client,
             identity=self.environment.identity,
             labels=self._labels,
+            broker_directory=self._broker_directory,
         )
         self._session_started_at = self._loop.time()
         self._session.start(list_modules_first=not self._listed_modules)

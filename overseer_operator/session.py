@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from overseer_operator import collector, defaults
 from overseer_operator.aiotools import LoopSemaphores, loop_semaphore
 from overseer_operator.backoff import Backoff
-from overseer_operator.broker import amqp_ssl_context, resolve_broker_urls
+from overseer_operator.broker import BrokerDirectory, amqp_ssl_context, resolve_broker_urls
 from overseer_operator.config import Connections, ExchangeSpec
 from overseer_operator.consumer import HeartbeatConsumer, QueueReading, describe_url
 from overseer_operator.manager_client import (
@@ -91,6 +91,7 @@ class Session:
         *,
         identity: str,
         labels: tuple[str, str],
+        broker_directory: BrokerDirectory,
     ) -> None:
         self._owner = owner
         self.spec = spec
@@ -98,6 +99,7 @@ class Session:
         self.client = client
         self._identity = identity
         self._labels = labels
+        self._broker_directory = broker_directory
         self._tasks = Supervisor(labels, self._crashed)
         self._consumer: HeartbeatConsumer | None = None
         self._reconciling = False
@@ -142,7 +144,7 @@ class Session:
                 BrokerStatus(BrokerState.CONNECTING, "looking up the broker in the Manager")
             )
             urls = await self._from_manager(
-                lambda: resolve_broker_urls(self.client, spec.broker_id),
+                lambda: resolve_broker_urls(self._broker_directory, self.client, spec.broker_id),
                 "resolve the broker connection",
                 slots=broker_lookup_slots,
             )

@@ -15,6 +15,7 @@ import pytest
 from overseer_operator import defaults
 from overseer_operator import session as session_module
 from overseer_operator.backoff import Backoff
+from overseer_operator.broker import BrokerDirectory
 from overseer_operator.config import Connections, ExchangeSpec
 from overseer_operator.consumer import QueueReading
 from overseer_operator.manager_client import ManagerClient, ManagerSettings, ModuleRecord
@@ -93,9 +94,15 @@ async def running(
     name: str = "sess",
 ) -> AsyncIterator[Session]:
     spec = ExchangeSpec(exchange_id=EXCHANGE_ID, broker_id=BROKER_ID)
-    connections = Connections(manager=client._settings, amqp_url=amqp_url)  # type: ignore[attr-defined]
+    connections = Connections(manager=client.settings, amqp_url=amqp_url)
     session = Session(
-        owner, spec, connections, client, identity="overseer-test-0", labels=("ns", name)
+        owner,
+        spec,
+        connections,
+        client,
+        identity="overseer-test-0",
+        labels=("ns", name),
+        broker_directory=BrokerDirectory(),
     )
     session.start(list_modules_first=list_modules_first)
     try:
