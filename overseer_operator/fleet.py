@@ -13,10 +13,14 @@ offline workers never refresh (a heartbeat makes them active), so their next dea
 lives in a heap; a worker leaving the heap just bumps its epoch and its entry is skipped when it
 surfaces. A sweep therefore touches only what is due, O(log n) each.
 
-Memory (about 0.5 KiB a worker): one record per worker, one plain dict and the ordered one, the
-workload kept as compact JSON text (the decoder's, not a list of dicts: it is turned back into data
-only for a transition or a view), and module types and statuses shared between workers (interned
-by the decoder).
+Memory (``tracemalloc``, 100,000 active workers with the benchmark's names and workloads: 347
+bytes a worker, 425 before the last three points below): one record per worker, the workload in it
+kept as compact JSON text (the decoder's, not a list of dicts: it is turned back into data only
+for a transition or a view), and module types and statuses shared between workers (interned by
+the decoder). An active worker's record is the value of its entry in the ordered dict and in no
+other dict (a dict of every record by name cost 38 bytes a worker), and has no state nor epoch
+(16 bytes: a silent worker's has). A record holds one float of its own, its last heartbeat's clock
+time, not its last_seen as well (24 bytes; see ``_Active``).
 
 Garbage collection: a worker's record is a plain tuple of strings and numbers (its state as the
 plain string), replaced on every change, never mutated. CPython stops tracking such a tuple at the
@@ -49,10 +53,17 @@ from overseer_operator.model import (
     WorkerView,
 )
 
-# A worker's record: (module_type, status, workload JSON, state, last_seen, last_heartbeat_at,
-# epoch). last_seen is fleet time (the clock minus time paused), last_heartbeat_at clock time (None
-# if only seeded); epoch matches the worker's one live heap entry (-1 while active: no entry).
-_Record = tuple[str, str, str, str, float, float | None, int]
+# An active worker's record: (module_type, status, workload JSON, heard_at, lag). heard_at is the
+# clock time of its last heartbeat and lag how far fleet time was behind the clock then, so its
+# last_seen (fleet time) is heard_at - lag. The lag of every worker heard since the last pause is
+# one shared float (the fleet's time paused), so a heartbeat stores one float of its own (one
+# during a pause has a lag of its own: fleet time stands still). A worker only seeded has no
+# heartbeat: its heard_at is its last_seen and its lag None.
+_Active = tuple[str, str, str, float, float | None]
+# An inactive or offline worker's record: the same, then its state and its epoch, which matches
+# its one live heap entry.
+_Silent = tuple[str, str, str, float, float | None, str, int]
+_Record = _Active | _Silent
 
 # States as plain strings in records (an enum member is a tracked object: it would keep its tuple
 # tracked); equal to, and hashed like, the WorkerState members (a StrEnum).
@@ -61,6 +72,7 @@ _INACTIVE: str = WorkerState.INACTIVE.value
 _OFFLINE: str = WorkerState.OFFLINE.value
 _STATE_OF = {state.value: state for state in WorkerState}  # not WorkerState(...): Python-level
 _WORST_FIRST = {_OFFLINE: 0, _INACTIVE: 1, _ACTIVE: 2}
+_NEXT = {_ACTIVE: WorkerState.INACTIVE, _INACTIVE: WorkerState.OFFLINE}  # by the thresholds
 
 
 class Fleet:
@@ -69,9 +81,9 @@ class Fleet:
     def __init__(self, thresholds: Thresholds, clock: Callable[[], float]) -> None:
         self._thresholds = thresholds
         self._clock = clock
-        self._workers: dict[str, _Record] = {}
-        # Active workers' last_seen, oldest first.
-        self._active: OrderedDict[str, float] = OrderedDict()
+        # Active workers' records, oldest heartbeat first; the others' records by name.
+        self._active: OrderedDict[str, _Active] = OrderedDict()
+        self._silent: dict[str, _Silent] = {}
         # Heaps of (fleet-time deadline, epoch, hostname): inactive workers until offline,
         # offline ones until forgotten. Two heaps, so each is ordered by last_seen.
         self._timers: dict[str, list[tuple[float, int, str]]] = {_INACTIVE: [], _OFFLINE: []}
@@ -82,7 +94,7 @@ class Fleet:
         self._last_heartbeat_at: float | None = None
 
     def __len__(self) -> int:
-        return len(self._workers)
+        return len(self._active) + len(self._silent)
 
     @property
     def thresholds(self) -> Thresholds:
@@ -97,50 +109,50 @@ class Fleet:
         return self._paused_at is not None
 
     def get(self, hostname: str) -> WorkerView | None:
-        record = self._workers.get(hostname)
+        record = self._record(hostname)
         return None if record is None else self._view(hostname, record)
 
     def standing(self, hostname: str) -> tuple[WorkerState, float | None] | None:
         """A worker's state and the clock time of its last heartbeat (None: only seeded), without
         decoding its record as ``get`` does: a restart reads 100,000 rows against the fleet."""
-        record = self._workers.get(hostname)
-        return None if record is None else (_STATE_OF[record[3]], record[5])
+        record = self._record(hostname)
+        return None if record is None else (_STATE_OF[_state(record)], _last_heartbeat_at(record))
 
     def active_record(self, hostname: str) -> tuple[str, str] | None:
         """An active worker's module type and workload (compact JSON text): what a Manager
         refresh writes, read when its turn comes (see ``ManagerWriter``). None if not active."""
-        record = self._workers.get(hostname)
-        return None if record is None or record[3] != _ACTIVE else (record[0], record[2])
+        record = self._active.get(hostname)
+        return None if record is None else (record[0], record[2])
 
     def observe(self, heartbeat: Heartbeat) -> Transition | None:
         """Record a heartbeat received now; the transition it causes, if any."""
-        now, at = self._now(), self._clock()
+        at = self._clock()
         self._last_heartbeat_at = at
         hostname, module_type, status = heartbeat.hostname, heartbeat.module_type, heartbeat.status
-        record = self._workers.get(hostname)
-        stored = _stored(heartbeat)
+        record = (module_type, status, _stored(heartbeat), at, self._lag(at))
+        active = self._active.get(hostname)
+        if active is not None:
+            self._active.move_to_end(hostname)  # the newest heartbeat
+            self._active[hostname] = record
+            if (active[0], active[1]) == (module_type, status):
+                return None
+            return Transition(
+                hostname,
+                module_type,
+                WorkerState.ACTIVE,
+                WorkerState.ACTIVE,
+                heartbeat.workload,
+                at,
+                at,
+            )
+        silent = self._silent.pop(hostname, None)
         previous: WorkerState | None = None
-        if record is not None:
-            if record[3] == _ACTIVE:
-                self._active.move_to_end(hostname)  # the newest heartbeat
-                self._active[hostname] = now
-                self._workers[hostname] = (module_type, status, stored, _ACTIVE, now, at, -1)
-                if (record[0], record[1]) == (module_type, status):
-                    return None
-                return Transition(
-                    hostname,
-                    module_type,
-                    WorkerState.ACTIVE,
-                    WorkerState.ACTIVE,
-                    heartbeat.workload,
-                    at,
-                    at,
-                )
-            previous = _STATE_OF[record[3]]
+        if silent is not None:
+            previous = _STATE_OF[silent[5]]
             self._counts[previous] -= 1
-        self._place(hostname, (module_type, status, stored, _ACTIVE, now, at, -1))
-        if record is not None:
-            self._drop_stale(record[3])  # its entry in the heap it left is stale now
+        self._place(hostname, record, _ACTIVE)
+        if silent is not None:
+            self._drop_stale(silent[5])  # its entry in the heap it left is stale now
         return Transition(
             hostname, module_type, previous, WorkerState.ACTIVE, heartbeat.workload, at, at
         )
@@ -159,16 +171,17 @@ class Fleet:
             due, state = min(deadlines)
             if due > now:
                 return transitions
+            if state == _OFFLINE:
+                _, _, hostname = heapq.heappop(self._timers[state])
+                del self._silent[hostname]
+                self._counts[WorkerState.OFFLINE] -= 1
+                continue
             if state == _ACTIVE:
-                hostname, _ = self._active.popitem(last=False)
-                transitions.append(self._move(hostname, WorkerState.INACTIVE, due, at))
+                hostname, record = self._active.popitem(last=False)
             else:
                 _, _, hostname = heapq.heappop(self._timers[state])
-                if state == _INACTIVE:
-                    transitions.append(self._move(hostname, WorkerState.OFFLINE, due, at))
-                else:
-                    del self._workers[hostname]
-                    self._counts[WorkerState.OFFLINE] -= 1
+                record = self._silent[hostname][:5]
+            transitions.append(self._move(hostname, record, state, due, at))
         return transitions
 
     def next_deadline(self) -> float | None:
@@ -196,8 +209,8 @@ class Fleet:
         heard is left alone (False). The writers are not told: what the records show versus what
         the fleet now says is for the caller to settle, once verdicts may be given.
         """
-        existing = self._workers.get(hostname)
-        if existing is not None and existing[5] is not None:
+        existing = self._record(hostname)
+        if existing is not None and existing[4] is not None:
             return False
         now, thresholds = self._now(), self._thresholds
         silent = silent_for or 0.0
@@ -206,33 +219,31 @@ class Fleet:
         elif shown is WorkerState.INACTIVE:
             silent = max(silent, thresholds.inactive_after)
         if existing is not None:
-            silent = max(silent, now - existing[4])
+            silent = max(silent, now - existing[3])  # only seeded: heard_at is its last_seen
         if silent < thresholds.inactive_after:
             # The full threshold runs from the first time the worker was seeded, not the last.
             state = _ACTIVE
-            last_seen = existing[4] if existing is not None else now
+            last_seen = existing[3] if existing is not None else now
         elif silent < thresholds.offline_after:
             state, last_seen = _INACTIVE, now - silent
         else:
             state, last_seen = _OFFLINE, now - silent
         listed = list(workload)
         stored = _compact(listed) if listed else existing[2] if existing is not None else "[]"
-        record = (module_type, DEFAULT_STATUS, stored, state, last_seen, None, -1)
-        if existing is not None and existing[3] == _ACTIVE and state == _ACTIVE:
+        record: _Active = (module_type, DEFAULT_STATUS, stored, last_seen, None)
+        if state == _ACTIVE and hostname in self._active:
             # Still active since its first seed: its place in the active order (by last_seen,
             # which has not changed) is kept; at the end, it would be swept after newer ones.
-            self._workers[hostname] = record
+            self._active[hostname] = record
             return True
         if existing is not None:
-            self._remove(hostname, existing)
-        self._place(hostname, record)
+            self._remove(hostname)
+        self._place(hostname, record, state)
         return True
 
     def forget(self, hostname: str) -> None:
         """Drop a worker without a verdict (the operator's own row, when it hands over)."""
-        record = self._workers.get(hostname)
-        if record is not None:
-            self._remove(hostname, record)
+        self._remove(hostname)
 
     def pause(self) -> None:
         """Stop the fleet's time: nothing turns inactive or offline until ``resume``."""
@@ -249,10 +260,9 @@ class Fleet:
         """Apply new thresholds; states only move forward, so a longer threshold revives nobody."""
         self._thresholds = thresholds
         self._timers = {_INACTIVE: [], _OFFLINE: []}
-        for hostname, record in list(self._workers.items()):
-            if record[3] != _ACTIVE:
-                self._counts[_STATE_OF[record[3]]] -= 1
-                self._place(hostname, record)
+        for hostname, record in list(self._silent.items()):
+            self._counts[_STATE_OF[record[5]]] -= 1
+            self._place(hostname, record[:5], record[5])
 
     def snapshot(self, limit: int) -> FleetSnapshot:
         """Complete counts, and up to ``limit`` workers: worst state, then longest silent, first.
@@ -261,15 +271,13 @@ class Fleet:
         ordered by last_seen (a heap each, the active ones by heartbeat), so only the worst few
         are looked at.
         """
-        worst: list[str] = []
+        silent: list[str] = []
         for state in (_OFFLINE, _INACTIVE):
-            worst += self._earliest(state, limit - len(worst))
-        worst += itertools.islice(self._active, limit - len(worst))
-        return FleetSnapshot(
-            dict(self._counts),
-            self._last_heartbeat_at,
-            [self._view(hostname, self._workers[hostname]) for hostname in worst],
-        )
+            silent += self._earliest(state, limit - len(silent))
+        views = [self._view(hostname, self._silent[hostname]) for hostname in silent]
+        for hostname, record in itertools.islice(self._active.items(), limit - len(silent)):
+            views.append(self._view(hostname, record))
+        return FleetSnapshot(dict(self._counts), self._last_heartbeat_at, views)
 
     # Internals
 
@@ -277,54 +285,52 @@ class Fleet:
         clock = self._paused_at if self._paused_at is not None else self._clock()
         return clock - self._paused_for
 
-    def _place(self, hostname: str, record: _Record) -> None:
-        """Store ``record`` (epoch aside), count it, and queue its next deadline."""
-        module_type, status, workload, state, last_seen, last_heartbeat_at, _ = record
-        epoch = -1
+    def _lag(self, at: float) -> float:
+        """How far fleet time is behind the clock time ``at`` (now). Not paused, the time paused
+        so far: the same float for every heartbeat until the next pause."""
+        if self._paused_at is None:
+            return self._paused_for
+        return at - self._now()  # frozen: a heartbeat during a pause counts from the resume
+
+    def _record(self, hostname: str) -> _Record | None:
+        active = self._active.get(hostname)
+        return active if active is not None else self._silent.get(hostname)
+
+    def _place(self, hostname: str, record: _Active, state: str) -> None:
+        """Store ``record`` in ``state``, count it, and queue its next deadline."""
         if state == _ACTIVE:
             # Its last_seen is the fleet's now, the newest of all: the end keeps the order.
-            self._active[hostname] = last_seen
+            self._active[hostname] = record
         else:
             # A new epoch: a heap entry left behind by a revived worker is stale now.
             epoch = next(self._epochs)
-            heapq.heappush(
-                self._timers[state], (self._timer_for(state, last_seen), epoch, hostname)
-            )
-        self._workers[hostname] = (
-            module_type,
-            status,
-            workload,
-            state,
-            last_seen,
-            last_heartbeat_at,
-            epoch,
-        )
+            deadline = self._timer_for(state, _last_seen(record))
+            heapq.heappush(self._timers[state], (deadline, epoch, hostname))
+            self._silent[hostname] = (*record, state, epoch)
         self._counts[_STATE_OF[state]] += 1
 
-    def _remove(self, hostname: str, record: _Record) -> None:
-        del self._workers[hostname]  # its heap entry, if any, is stale now
-        self._counts[_STATE_OF[record[3]]] -= 1
-        if record[3] == _ACTIVE:
-            del self._active[hostname]
-        else:
-            self._drop_stale(record[3])
+    def _remove(self, hostname: str) -> None:
+        if self._active.pop(hostname, None) is not None:
+            self._counts[WorkerState.ACTIVE] -= 1
+            return
+        record = self._silent.pop(hostname, None)  # its heap entry, if any, is stale now
+        if record is not None:
+            self._counts[_STATE_OF[record[5]]] -= 1
+            self._drop_stale(record[5])
 
-    def _move(self, hostname: str, state: WorkerState, due: float, at: float) -> Transition:
-        """Turn a worker that is out of ``_active`` and the heap into ``state``, by the rules."""
-        module_type, status, workload, previous, last_seen, last_heartbeat_at, _ = self._workers[
-            hostname
-        ]
+    def _move(
+        self, hostname: str, record: _Active, previous: str, due: float, at: float
+    ) -> Transition:
+        """Turn a worker that is out of ``_active`` and the heap into its next state."""
+        state = _NEXT[previous]
         self._counts[_STATE_OF[previous]] -= 1
-        self._place(
-            hostname,
-            (module_type, status, workload, state.value, last_seen, last_heartbeat_at, -1),
-        )
+        self._place(hostname, record, state.value)
         return Transition(
             hostname,
-            module_type,
+            record[0],
             _STATE_OF[previous],
             state,
-            json.loads(workload),
+            json.loads(record[2]),
             due + self._paused_for,
             at,
         )
@@ -338,7 +344,7 @@ class Fleet:
         """Each state's next deadline, with the state (the active first on a tie)."""
         deadlines = []
         if self._active:
-            oldest = next(iter(self._active.values()))
+            oldest = _last_seen(next(iter(self._active.values())))
             deadlines.append((oldest + self._thresholds.inactive_after, _ACTIVE))
         for state, timers in self._timers.items():
             while timers and not self._live(timers[0]):
@@ -372,20 +378,35 @@ class Fleet:
 
     def _live(self, entry: tuple[float, int, str]) -> bool:
         """Whether a heap entry is its worker's current one (not left behind by a change)."""
-        record = self._workers.get(entry[2])
+        record = self._silent.get(entry[2])
         return record is not None and record[6] == entry[1]
 
     def _view(self, hostname: str, record: _Record) -> WorkerView:
-        module_type, status, workload, state, last_seen, last_heartbeat_at, _ = record
         return WorkerView(
             hostname,
-            module_type,
-            _STATE_OF[state],
-            last_seen + self._paused_for,
-            last_heartbeat_at,
-            status,
-            json.loads(workload),
+            record[0],
+            _STATE_OF[_state(record)],
+            _last_seen(record) + self._paused_for,
+            _last_heartbeat_at(record),
+            record[1],
+            json.loads(record[2]),
         )
+
+
+def _state(record: _Record) -> str:
+    """A worker's state: only a silent worker's record holds one."""
+    return _ACTIVE if len(record) == 5 else record[5]
+
+
+def _last_seen(record: _Record) -> float:
+    """A worker's last_seen, in fleet time."""
+    heard_at, lag = record[3], record[4]
+    return heard_at if lag is None else heard_at - lag
+
+
+def _last_heartbeat_at(record: _Record) -> float | None:
+    """The clock time of a worker's last heartbeat; None if it was only seeded."""
+    return None if record[4] is None else record[3]
 
 
 def _stored(heartbeat: Heartbeat) -> str:
