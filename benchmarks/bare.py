@@ -1,7 +1,7 @@
 """The baseline: a bare aio-pika consumer that acks each message, nothing else.
 
-One connection per queue (as the operator has), at most ``STARTUP_CONCURRENCY`` connecting at once
-(the operator's bound on broker connects), prefetch 200 (the operator's default), an async
+One connection per queue (as the operator has), at most ``BROKER_CONNECT_CONCURRENCY`` connecting
+at once (the operator's bound on broker connects), prefetch 200 (the operator's default), an async
 callback that awaits ``message.ack()`` for every delivery. It writes how many messages it has
 consumed to ``--count-file`` every 0.1 s, until SIGTERM.
 
@@ -20,7 +20,7 @@ import sys
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from overseer_operator.defaults import STARTUP_CONCURRENCY
+from overseer_operator.defaults import BROKER_CONNECT_CONCURRENCY
 
 PREFETCH = 200
 
@@ -33,7 +33,7 @@ async def run(options: argparse.Namespace) -> None:
         await message.ack()
         count += 1
 
-    slots = asyncio.Semaphore(STARTUP_CONCURRENCY)
+    slots = asyncio.Semaphore(BROKER_CONNECT_CONCURRENCY)
 
     async def consume(queue_name: str) -> AbstractConnection:
         async with slots:

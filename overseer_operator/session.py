@@ -55,9 +55,11 @@ def startup_slots() -> asyncio.Semaphore:
 
 
 def broker_slots() -> asyncio.Semaphore:
-    """The same bound for broker connection attempts, apart: consuming never waits behind the
-    Manager's reads (the listing of 100 exchanges' fleets takes seconds)."""
-    return loop_semaphore(_broker_slots, defaults.STARTUP_CONCURRENCY)
+    """The bound on broker connection attempts in flight (one per event loop), apart from the
+    Manager's: consuming never waits behind the Manager's reads (the listing of 100 exchanges'
+    fleets takes seconds). Wider than theirs (``BROKER_CONNECT_CONCURRENCY``): a connect costs
+    little work but 8 round trips, so connects queued for slots wait for nothing the loop lacks."""
+    return loop_semaphore(_broker_slots, defaults.BROKER_CONNECT_CONCURRENCY)
 
 
 def broker_lookup_slots() -> asyncio.Semaphore:

@@ -237,3 +237,32 @@ async def test_amqps_without_the_ca_bundle_is_refused(
     async with consuming(consumer):
         await recorder.reached(BrokerState.UNREACHABLE)
     assert "CERTIFICATE_VERIFY_FAILED" in recorder.states[-1].message
+
+
+async def test_the_consuming_channel_asks_for_no_publisher_confirms(
+    testbed: Testbed,
+    amqp_topology: Callable[..., AmqpTopology],
+    rabbitmq_api: RabbitMQManagement,
+) -> None:
+    """Confirm.Select was one of a connect's round trips, for a channel nothing is published on:
+    a restart's 100 connects each wait their round trips behind the drain of the queues already
+    consumed."""
+    topology = amqp_topology()
+    recorder = Recorder()
+    async with consuming(recorder.consumer([testbed.amqp_url], topology.queue)):
+        await recorder.reached(BrokerState.CONSUMING)
+        async with asyncio.timeout(30):
+            while not (  # noqa: ASYNC110 - the management API is polled
+                consumers := (await asyncio.to_thread(rabbitmq_api.queue, topology.queue)).get(
+                    "consumer_details"
+                )
+            ):
+                await asyncio.sleep(0.2)
+            name = consumers[0]["channel_details"]["name"]
+            # Statistics that count the consumer were taken after everything the connect sent.
+            while (  # noqa: ASYNC110 - the management API is polled
+                channel := await asyncio.to_thread(rabbitmq_api.channel, name)
+            ).get("consumer_count") != 1:
+                await asyncio.sleep(0.2)
+    assert channel["confirm"] is False
+    assert consumers[0]["prefetch_count"] == 10

@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 from overseer_operator import defaults
+from overseer_operator.consumer import HeartbeatConsumer
 from overseer_operator.events import EventRecorder
 from overseer_operator.model import Thresholds, Transition, WorkerState
 from overseer_operator.ratelimit import RateLimiter
-from overseer_operator.session import startup_slots
+from overseer_operator.session import broker_slots, startup_slots
 
 
 class RecordingKube:
@@ -63,6 +64,46 @@ async def test_connections_in_flight_are_bounded_operator_wide() -> None:
 
     await asyncio.gather(*(connect() for _ in range(50)))
     assert peak == defaults.STARTUP_CONCURRENCY
+
+
+async def test_exchanges_connect_to_the_broker_together_within_a_bound() -> None:
+    """A connect is 8 round trips, each waiting behind the drain of the queues already consumed:
+    10 at a time, a restart of 100 exchanges under traffic took 14-30 s until every queue was
+    consumed again. A broker that accepts and never answers holds every attempt in flight."""
+    assert defaults.BROKER_CONNECT_CONCURRENCY >= 100  # the issue's 100 exchanges, all at once
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    exchanges = defaults.BROKER_CONNECT_CONCURRENCY + 20
+    consumers = [
+        HeartbeatConsumer(
+            [f"amqp://guest:guest@127.0.0.1:{port}/"],
+            f"x{index}.system_modules",
+            200,
+            lambda body: None,
+            lambda status: None,
+            connect_slots=broker_slots(),
+        )
+        for index in range(exchanges)
+    ]
+    tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
+    try:
+        async with asyncio.timeout(10):
+            while len(accepted) < defaults.BROKER_CONNECT_CONCURRENCY:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert len(accepted) == defaults.BROKER_CONNECT_CONCURRENCY  # the rest wait their turn
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in accepted:
+            writer.close()
+        server.close()
 
 
 async def test_manager_writes_in_flight_are_bounded_operator_wide() -> None:
