@@ -31,7 +31,8 @@ turn comes (``active_record``). A fleet far behind on its refreshes (100,000 wor
 second at the default interval) would otherwise keep a record per worker: 331 bytes each, measured
 with ``tracemalloc``, against 104 for a place in line. Across the operator, refreshes may hold at
 most ``MANAGER_WRITE_CONCURRENCY - MANAGER_WRITE_SLOTS_FOR_TRANSITIONS`` of the write slots, so a
-hundred exchanges behind on their refreshes still leave room for another exchange's verdicts.
+hundred exchanges behind on their refreshes still leave room for another exchange's verdicts, and
+a slot that comes free goes to a waiting transition of any exchange before any refresh.
 
 The writer belongs to the monitor and outlives sessions: ``attach`` gives it the client of the
 current session; until then (and while the Manager is down) writes simply accumulate.
@@ -51,7 +52,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from overseer_operator import defaults, metrics
-from overseer_operator.aiotools import LoopSemaphores, loop_semaphore
+from overseer_operator.aiotools import LoopSemaphores, PrioritySlots, loop_semaphore, per_loop
 from overseer_operator.backoff import Backoff
 from overseer_operator.manager_client import (
     ManagerClient,
@@ -320,7 +321,10 @@ class ManagerWriter:
         sequence, operation = operations[0]
         try:
             # Operator-wide slots, never held across a backoff wait.
-            async with refresh_slots() if refresh else contextlib.nullcontext(), write_slots():
+            async with (
+                refresh_slots() if refresh else contextlib.nullcontext(),
+                write_slots().slot(urgent=not refresh),
+            ):
                 if self._halted:  # while waiting for a slot
                     return False
                 await self._call(hostname, module_type, workload, operation)
@@ -405,13 +409,16 @@ class ManagerWriter:
         await self._backoff.wait()
 
 
-_write_slots: LoopSemaphores = weakref.WeakKeyDictionary()
+_write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PrioritySlots] = (
+    weakref.WeakKeyDictionary()
+)
 _refresh_slots: LoopSemaphores = weakref.WeakKeyDictionary()
 
 
-def write_slots() -> asyncio.Semaphore:
-    """The operator-wide bound on Manager writes in flight, whatever the number of exchanges."""
-    return loop_semaphore(_write_slots, defaults.MANAGER_WRITE_CONCURRENCY)
+def write_slots() -> PrioritySlots:
+    """The operator-wide bound on Manager writes in flight, whatever the number of exchanges;
+    transitions (``urgent``) are handed a slot before any refresh waiting for one."""
+    return per_loop(_write_slots, lambda: PrioritySlots(defaults.MANAGER_WRITE_CONCURRENCY))
 
 
 def refresh_slots() -> asyncio.Semaphore:

@@ -1,5 +1,6 @@
 """``wait_event`` never loses a cancellation that arrives as the event is set (3.11's
-``asyncio.wait_for`` does: the sweeper and the status writer of a halted monitor went on)."""
+``asyncio.wait_for`` does: the sweeper and the status writer of a halted monitor went on), and
+``PrioritySlots`` serves its urgent waiters first and never loses a slot to a cancellation."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from overseer_operator.aiotools import wait_event
+from overseer_operator.aiotools import PrioritySlots, wait_event
 
 
 def waiting_loop(wait: Callable[[asyncio.Event], Awaitable[object]], event: asyncio.Event):
@@ -56,3 +57,53 @@ async def test_the_timeout_and_an_event_already_set() -> None:
     assert await wait_event(event, 0.01) is False
     event.set()
     assert await wait_event(event, 0.0) is True
+
+
+async def taking(slots: PrioritySlots, name: str, order: list[str], *, urgent: bool) -> None:
+    async with slots.slot(urgent=urgent):
+        order.append(name)
+        await asyncio.sleep(0)
+
+
+async def test_urgent_waiters_are_served_first_each_kind_in_its_order() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    async with slots.slot(urgent=False):  # the only slot is taken: everyone below waits
+        tasks = [
+            asyncio.create_task(taking(slots, name, order, urgent=name.startswith("verdict")))
+            for name in ("refresh 1", "verdict 1", "refresh 2", "verdict 2")
+        ]
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["verdict 1", "verdict 2", "refresh 1", "refresh 2"]
+    assert slots.free == 1
+
+
+async def test_a_slot_handed_to_an_urgent_waiter_is_not_taken_by_a_newcomer() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    async with slots.slot(urgent=False):
+        verdict = asyncio.create_task(taking(slots, "verdict", order, urgent=True))
+        await asyncio.sleep(0)
+    # The slot went to the waiting verdict as it came free: a refresh arriving now waits.
+    await taking(slots, "refresh", order, urgent=False)
+    await verdict
+    assert order == ["verdict", "refresh"]
+
+
+async def test_a_cancelled_waiter_loses_no_slot() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    async with slots.slot(urgent=True):
+        gone = asyncio.create_task(taking(slots, "gone", order, urgent=True))
+        await asyncio.sleep(0)
+        gone.cancel()  # while waiting
+        handed = asyncio.create_task(taking(slots, "handed", order, urgent=True))
+        await asyncio.sleep(0)
+    # The slot was handed to `handed` as it is cancelled: it passes on to the next waiter.
+    handed.cancel()
+    after = asyncio.create_task(taking(slots, "after", order, urgent=False))
+    async with asyncio.timeout(5):
+        await asyncio.gather(gone, handed, after, return_exceptions=True)
+    assert order == ["after"]
+    assert slots.free == 1

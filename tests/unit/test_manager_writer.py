@@ -373,3 +373,60 @@ async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
         ("POST", r.body["hostname"], r.body["status"])
         for r in manager_emulator.module_writes(quiet_id)
     ]
+
+
+async def test_a_write_slot_coming_free_goes_to_a_verdict_before_waiting_refreshes(
+    manager_settings, manager_emulator, clock, fleet
+):
+    """Every write slot is held (a slow Manager); one exchange's refreshes queue for a slot, then
+    another exchange's verdicts do. Each slot that comes free goes to a verdict first: with one
+    first-come line, 10,000 workers falling silent at once waited behind the refreshes of a
+    hundred exchanges (Manager detection lag p99 2.0 s at 100,000 workers)."""
+    settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
+    manager_emulator.add_exchange("3", "aws:eu-west-1", "eu-west-1")
+    holding_id, refreshing_id, judging_id = EXCHANGE_ID, PARENT_EXCHANGE_ID, "3"
+    async with ManagerClient(settings) as client:
+        holding, refreshing, judging = (
+            ManagerWriter(
+                exchange_id,
+                300.0,
+                clock,
+                lambda _: None,
+                ("ns", exchange_id),
+                active_record=fleet.active_record,
+                concurrency=concurrency,
+            )
+            for exchange_id, concurrency in ((holding_id, 16), (refreshing_id, 12), (judging_id, 8))
+        )
+        for index in range(12):
+            refreshing.mark_written(f"r{index}")
+        for writer in (holding, refreshing, judging):
+            writer.attach(client)
+        tasks = [asyncio.create_task(w.run()) for w in (holding, refreshing, judging)]
+        try:
+            await client.list_modules(holding_id)  # the token, fetched once before the clock starts
+            for index in range(16):  # the slots come free one at a time, 50 ms apart
+                manager_emulator.delay_next(
+                    1, 0.4 + index * 0.05, "POST", f"/messaging/exchanges/{holding_id}/"
+                )
+            for index in range(16):
+                holding.apply(transition(f"h{index}", None, WorkerState.ACTIVE))
+            await asyncio.sleep(0.1)  # every write slot held
+            clock.advance(301)
+            for index in range(12):
+                heard(fleet, refreshing, Heartbeat(f"r{index}", "builder", "active", []))
+            await asyncio.sleep(0.05)  # the refreshes wait for a slot
+            for index in range(8):
+                judging.apply(transition(f"j{index}", WorkerState.ACTIVE, WorkerState.INACTIVE))
+            for writer in (holding, judging, refreshing):
+                await settled(writer)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    order = [
+        r.body["hostname"][0]
+        for r in manager_emulator.requests_to("POST", "/messaging/exchanges/")
+        if r.path.split("/")[3] in (refreshing_id, judging_id)
+    ]
+    assert order == ["j"] * 8 + ["r"] * 12

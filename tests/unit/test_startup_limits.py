@@ -110,4 +110,4 @@ async def test_manager_writes_in_flight_are_bounded_operator_wide() -> None:
     from overseer_operator.manager_writer import write_slots
 
     assert write_slots() is write_slots()
-    assert write_slots()._value == defaults.MANAGER_WRITE_CONCURRENCY
+    assert write_slots().free == defaults.MANAGER_WRITE_CONCURRENCY
