@@ -65,15 +65,21 @@ async def taking(slots: PrioritySlots, name: str, order: list[str], *, urgent: b
         await asyncio.sleep(0)
 
 
+async def queued(slots: PrioritySlots, order: list[str], *names: str) -> list[asyncio.Task[None]]:
+    """A task per name taking a slot (urgent if it names a verdict), in line in that order."""
+    tasks = [
+        asyncio.create_task(taking(slots, name, order, urgent=name.startswith("verdict")))
+        for name in names
+    ]
+    await asyncio.sleep(0)
+    return tasks
+
+
 async def test_urgent_waiters_are_served_first_each_kind_in_its_order() -> None:
     slots = PrioritySlots(1)
     order: list[str] = []
     async with slots.slot(urgent=False):  # the only slot is taken: everyone below waits
-        tasks = [
-            asyncio.create_task(taking(slots, name, order, urgent=name.startswith("verdict")))
-            for name in ("refresh 1", "verdict 1", "refresh 2", "verdict 2")
-        ]
-        await asyncio.sleep(0)
+        tasks = await queued(slots, order, "refresh 1", "verdict 1", "refresh 2", "verdict 2")
     await asyncio.gather(*tasks)
     assert order == ["verdict 1", "verdict 2", "refresh 1", "refresh 2"]
     assert slots.free == 1
@@ -83,8 +89,7 @@ async def test_a_slot_handed_to_an_urgent_waiter_is_not_taken_by_a_newcomer() ->
     slots = PrioritySlots(1)
     order: list[str] = []
     async with slots.slot(urgent=False):
-        verdict = asyncio.create_task(taking(slots, "verdict", order, urgent=True))
-        await asyncio.sleep(0)
+        [verdict] = await queued(slots, order, "verdict")
     # The slot went to the waiting verdict as it came free: a refresh arriving now waits.
     await taking(slots, "refresh", order, urgent=False)
     await verdict
@@ -95,15 +100,13 @@ async def test_a_cancelled_waiter_loses_no_slot() -> None:
     slots = PrioritySlots(1)
     order: list[str] = []
     async with slots.slot(urgent=True):
-        gone = asyncio.create_task(taking(slots, "gone", order, urgent=True))
-        await asyncio.sleep(0)
+        [gone] = await queued(slots, order, "verdict gone")
         gone.cancel()  # while waiting
-        handed = asyncio.create_task(taking(slots, "handed", order, urgent=True))
-        await asyncio.sleep(0)
+        [handed] = await queued(slots, order, "verdict handed")
     # The slot was handed to `handed` as it is cancelled: it passes on to the next waiter.
     handed.cancel()
-    after = asyncio.create_task(taking(slots, "after", order, urgent=False))
+    [after] = await queued(slots, order, "refresh after")
     async with asyncio.timeout(5):
         await asyncio.gather(gone, handed, after, return_exceptions=True)
-    assert order == ["after"]
+    assert order == ["refresh after"]
     assert slots.free == 1

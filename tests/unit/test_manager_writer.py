@@ -326,6 +326,22 @@ async def test_transitions_are_written_before_the_refreshes_waiting_ahead_of_the
     assert sorted(calls[3:]) == [("POST", f"w{index}", "active") for index in range(5)]
 
 
+def writers(clock: FakeClock, fleet: Fleet, *exchanges: tuple[str, int]) -> list[ManagerWriter]:
+    """A writer per (exchange id, concurrency): several exchanges of one operator."""
+    return [
+        ManagerWriter(
+            exchange_id,
+            300.0,
+            clock,
+            lambda _: None,
+            ("ns", exchange_id),
+            active_record=fleet.active_record,
+            concurrency=concurrency,
+        )
+        for exchange_id, concurrency in exchanges
+    ]
+
+
 async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
     manager_settings, manager_emulator, clock, fleet
 ):
@@ -335,18 +351,7 @@ async def test_refreshes_behind_leave_write_slots_for_another_exchanges_verdict(
     settings = ManagerSettings(**{**manager_settings.__dict__, "max_attempts": 1})
     busy_id, quiet_id = EXCHANGE_ID, PARENT_EXCHANGE_ID
     async with ManagerClient(settings) as client:
-        busy, quiet = (
-            ManagerWriter(
-                exchange_id,
-                300.0,
-                clock,
-                lambda _: None,
-                ("ns", name),
-                active_record=fleet.active_record,
-                concurrency=concurrency,
-            )
-            for exchange_id, name, concurrency in ((busy_id, "busy", 40), (quiet_id, "quiet", 4))
-        )
+        busy, quiet = writers(clock, fleet, (busy_id, 40), (quiet_id, 4))
         hostnames = [f"w{index}" for index in range(40)]
         for hostname in hostnames:
             busy.mark_written(hostname)
@@ -386,17 +391,8 @@ async def test_a_write_slot_coming_free_goes_to_a_verdict_before_waiting_refresh
     manager_emulator.add_exchange("3", "aws:eu-west-1", "eu-west-1")
     holding_id, refreshing_id, judging_id = EXCHANGE_ID, PARENT_EXCHANGE_ID, "3"
     async with ManagerClient(settings) as client:
-        holding, refreshing, judging = (
-            ManagerWriter(
-                exchange_id,
-                300.0,
-                clock,
-                lambda _: None,
-                ("ns", exchange_id),
-                active_record=fleet.active_record,
-                concurrency=concurrency,
-            )
-            for exchange_id, concurrency in ((holding_id, 16), (refreshing_id, 12), (judging_id, 8))
+        holding, refreshing, judging = writers(
+            clock, fleet, (holding_id, 16), (refreshing_id, 12), (judging_id, 8)
         )
         for index in range(12):
             refreshing.mark_written(f"r{index}")
