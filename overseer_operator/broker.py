@@ -5,8 +5,8 @@ the legacy messaging library did: one connection of the exchange's broker, picke
 one of its failover broker if it has one (the legacy code looked the failover up but never used it).
 
 The Manager's answer is shared (:class:`BrokerDirectory`): a restart, or the end of a broker
-outage, starts every exchange at once, and most name the same broker. Each lookup was three Manager
-reads, 10 at a time: 100 exchanges waited seconds for the same answer before connecting.
+outage, starts every exchange at once, and most name the same broker. Each lookup was two or three
+Manager reads, 10 at a time: 100 exchanges waited seconds for the same answer before connecting.
 """
 
 from __future__ import annotations

@@ -47,17 +47,40 @@ async def publish_own_heartbeats(
     exchange: ExchangeRecord,
     heartbeat: Heartbeat,
     interval: Callable[[], float],
+    unpublished: Callable[[], None],
 ) -> None:
-    """Publish ``heartbeat`` every ``interval()`` seconds until cancelled; failures are retried."""
+    """Publish ``heartbeat`` every ``interval()`` seconds until cancelled; failures are retried,
+    and each one calls ``unpublished`` (the operator vouches for itself: see ``vouch``)."""
     target, routing_key = routing_for(exchange)
     body = encode_etf(heartbeat)
     while True:
         try:
             await publish(target, routing_key, body)
-        except (ConnectionError, OSError, RuntimeError) as error:
-            logger.warning("Own heartbeat not published to %s/%s: %s", target, routing_key, error)
         except Exception as error:
-            logger.warning("Own heartbeat not published to %s/%s: %r", target, routing_key, error)
-        if (task := asyncio.current_task()) is not None and task.cancelling():
+            if not _cancelling():  # a failure the cancellation caused is no failure to publish
+                detail = (
+                    error
+                    if isinstance(error, ConnectionError | OSError | RuntimeError)
+                    else repr(error)
+                )
+                logger.warning(
+                    "Own heartbeat not published to %s/%s: %s", target, routing_key, detail
+                )
+                unpublished()
+        if _cancelling():
             raise asyncio.CancelledError  # aiormq can turn a cancel into a connection error
         await asyncio.sleep(interval())
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def vouch(register: Callable[[], None], interval: Callable[[], float]) -> None:
+    """Call ``register`` every ``interval()`` seconds until cancelled: while the operator cannot
+    publish its own heartbeat (the exchange's routing unread, the Manager down), it is running
+    all the same, and its silence must not make it inactive, then offline, in its own fleet."""
+    while True:
+        await asyncio.sleep(interval())
+        register()

@@ -28,7 +28,12 @@ from overseer_operator.manager_client import (
     ModuleRecord,
 )
 from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, Reason, Verdict
-from overseer_operator.registration import heartbeat_interval, own_heartbeat, publish_own_heartbeats
+from overseer_operator.registration import (
+    heartbeat_interval,
+    own_heartbeat,
+    publish_own_heartbeats,
+    vouch,
+)
 from overseer_operator.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -172,9 +177,14 @@ class Session:
         spec = self.spec
         identity = own_heartbeat(self._identity, spec.module_type)
         self._owner.register(identity)
-        exchange = await self._from_manager(
-            lambda: self.client.get_exchange(spec.exchange_id), "look up the exchange's routing"
-        )
+        vouching = asyncio.create_task(vouch(lambda: self._vouch(identity), self._own_interval))
+        try:
+            exchange = await self._from_manager(
+                lambda: self.client.get_exchange(spec.exchange_id),
+                "look up the exchange's routing",
+            )
+        finally:
+            vouching.cancel()
 
         async def publish(target: str, routing_key: str, body: bytes) -> None:
             # Not before the consumer has its connection: the exchange's routing is often read
@@ -192,9 +202,19 @@ class Session:
                 publish,
                 exchange,
                 identity,
-                lambda: heartbeat_interval(self.spec.thresholds.inactive_after),
+                self._own_interval,
+                lambda: self._vouch(identity),
             ),
         )
+
+    def _own_interval(self) -> float:
+        return heartbeat_interval(self.spec.thresholds.inactive_after)
+
+    def _vouch(self, identity: Heartbeat) -> None:
+        """The operator's own heartbeat could not be published: it registers itself locally (the
+        silence of a process that is running is no evidence), unless it stopped on purpose."""
+        if not self._own_heartbeat_stopped:
+            self._owner.register(identity)
 
     async def _list_modules_once(self) -> bool:
         try:

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from overseer_operator.manager_client import ExchangeRecord
-from overseer_operator.registration import own_heartbeat, publish_own_heartbeats
+from overseer_operator.registration import Publisher, own_heartbeat, publish_own_heartbeats
+
+
+def publishing_every_10_ms(
+    publish: Publisher, unpublished: Callable[[], None] = lambda: None
+) -> asyncio.Task[None]:
+    exchange = ExchangeRecord(id="1", name="aws:r", routing_key="aws.r", root_exchange_name="aws")
+    return asyncio.create_task(
+        publish_own_heartbeats(
+            publish, exchange, own_heartbeat("op-a", "overseer"), lambda: 0.01, unpublished
+        )
+    )
 
 
 async def test_a_cancelled_publish_ends_the_publisher() -> None:
@@ -25,15 +37,7 @@ async def test_a_cancelled_publish_ends_the_publisher() -> None:
                 raise ConnectionError("channel closed") from None
             raise
 
-    exchange = ExchangeRecord(id="1", name="aws:r", routing_key="aws.r", root_exchange_name="aws")
-    task = asyncio.create_task(
-        publish_own_heartbeats(
-            publish_that_swallows_cancellation,
-            exchange,
-            own_heartbeat("op-a", "overseer"),
-            lambda: 0.01,
-        )
-    )
+    task = publishing_every_10_ms(publish_that_swallows_cancellation)
     await publishing.wait()
     publishing.clear()
     task.cancel()
@@ -46,3 +50,17 @@ async def test_a_cancelled_publish_ends_the_publisher() -> None:
             await asyncio.wait_for(task, 1)
     assert done, "the publisher went on after it was cancelled"
     assert task.cancelled()
+
+
+async def test_each_heartbeat_that_cannot_be_published_is_vouched_for() -> None:
+    async def refused(target: str, routing_key: str, body: bytes) -> None:
+        raise ConnectionError("not connected to the broker")
+
+    vouched: list[None] = []
+    task = publishing_every_10_ms(refused, lambda: vouched.append(None))
+    async with asyncio.timeout(5):
+        while len(vouched) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -19,7 +19,14 @@ from overseer_operator.broker import BrokerDirectory
 from overseer_operator.config import Connections, ExchangeSpec
 from overseer_operator.consumer import QueueReading
 from overseer_operator.manager_client import ManagerClient, ManagerSettings, ModuleRecord
-from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, Reason, Verdict
+from overseer_operator.model import (
+    BrokerState,
+    BrokerStatus,
+    Heartbeat,
+    Reason,
+    Thresholds,
+    Verdict,
+)
 from overseer_operator.session import Session
 from tests.fixtures.manager import BROKER_ID, EXCHANGE_ID
 from tests.metering import sample
@@ -92,8 +99,11 @@ async def running(
     amqp_url: str | None = DEAD_BROKER,
     list_modules_first: bool = True,
     name: str = "sess",
+    thresholds: Thresholds | None = None,
 ) -> AsyncIterator[Session]:
-    spec = ExchangeSpec(exchange_id=EXCHANGE_ID, broker_id=BROKER_ID)
+    spec = ExchangeSpec(
+        exchange_id=EXCHANGE_ID, broker_id=BROKER_ID, thresholds=thresholds or Thresholds()
+    )
     connections = Connections(manager=client.settings, amqp_url=amqp_url)
     session = Session(
         owner,
@@ -260,3 +270,26 @@ async def test_deregister_removes_the_operators_own_row(client, manager_emulator
         await owner.until(lambda: owner.of("rows"))
         await session.deregister()
     assert [m["hostname"] for m in manager_emulator.modules(EXCHANGE_ID)] == []
+
+
+async def test_the_operator_vouches_for_itself_while_its_heartbeat_cannot_be_published(
+    client, manager_emulator
+):
+    """A reconfiguration while the Manager was down: the new session consumed (its broker URL
+    known) but could not read the exchange's routing, so the operator's own heartbeat went
+    unpublished and it turned inactive, then offline, in its own fleet. A running process
+    registers itself every heartbeat interval until it can publish again."""
+    owner = RecordingOwner()
+    manager_emulator.set_unavailable(True)
+    async with running(
+        owner,
+        client,
+        list_modules_first=False,
+        name="vouch",
+        thresholds=Thresholds(1.5, 3.0, 60.0),  # a heartbeat every 0.5 s
+    ) as session:
+        await owner.until(lambda: len(owner.of("register")) >= 4)
+        session.stop_own_heartbeat()  # handed over on purpose: it stops vouching too
+        vouched = len(owner.of("register"))
+        await asyncio.sleep(1.2)
+        assert len(owner.of("register")) == vouched
