@@ -42,9 +42,10 @@ class BrokerDirectory:
 
     An answer is shared only between callers with the same Manager settings (URL, credentials,
     trust): no exchange is ever answered on another's credentials. It is reused for ``ttl``
-    seconds, much less than ``BROKER_RELOOKUP_INTERVAL``, so a broker rotated in the Manager is
-    still picked up by the next relookup. A failure is shared by the callers waiting for that
-    read, never kept: each retries on its own backoff, and the retries share a read again.
+    seconds, which the operator keeps under half its ``BROKER_RELOOKUP_INTERVAL``, so a broker
+    rotated in the Manager is still picked up by the next relookup. A failure is shared by the
+    callers waiting for that read, never kept: each retries on its own backoff, and the retries
+    share a read again.
     """
 
     def __init__(
@@ -56,6 +57,10 @@ class BrokerDirectory:
         self._ttl = ttl
         self._clock = clock
         self._lookups: dict[_Key, _Lookup] = {}
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
 
     async def candidates(self, client: ManagerClient, broker_id: str) -> Candidates:
         key = (client.settings, broker_id)

@@ -45,7 +45,10 @@ async def configure(
     memo.kube = KubeApi.from_configuration()
     memo.monitors = {}
     memo.token_cache = TokenCache()
-    memo.broker_directory = BrokerDirectory()
+    # A broker rotated in the Manager must still reach the next relookup (never a stale answer).
+    memo.broker_directory = BrokerDirectory(
+        ttl=min(defaults.BROKER_LOOKUP_TTL, memo.environment.broker_relookup_interval / 2)
+    )
     memo.event_budget = RateLimiter(
         defaults.OPERATOR_EVENTS_PER_MINUTE, 60.0, asyncio.get_running_loop().time
     )

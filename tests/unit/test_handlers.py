@@ -61,3 +61,29 @@ async def test_a_lease_renewal_never_waits_for_the_connections_of_status_patches
         with contextlib.suppress(TimeoutError):  # the server sees every connection closed
             await until(lambda: server.open == 0)
         assert server.open == 0
+
+
+@pytest.mark.parametrize(("relookup", "reused_for"), [(None, 10.0), ("4s", 2.0)])
+async def test_a_broker_answer_is_never_reused_past_half_the_relookup_interval(
+    monkeypatch: pytest.MonkeyPatch, relookup: str | None, reused_for: float
+) -> None:
+    """An administrator who shortens BROKER_RELOOKUP_INTERVAL to pick rotated brokers up sooner
+    must not get the shared answer of up to 10 s ago at each relookup."""
+    async with json_server() as server:
+        monkeypatch.setattr(
+            kube, "load_configuration", lambda: kopf.ConnectionInfo(server=server.url)
+        )
+        monkeypatch.delenv("EXCHANGE_ID", raising=False)  # no legacy seed
+        monkeypatch.delenv("SHARDING", raising=False)
+        if relookup is None:
+            monkeypatch.delenv("BROKER_RELOOKUP_INTERVAL", raising=False)
+        else:
+            monkeypatch.setenv("BROKER_RELOOKUP_INTERVAL", relookup)
+        memo = kopf.Memo()
+        await handlers.configure(
+            settings=kopf.OperatorSettings(), memo=memo, logger=logging.getLogger(__name__)
+        )
+        try:
+            assert memo.broker_directory.ttl == reused_for
+        finally:
+            await handlers.close(memo)
