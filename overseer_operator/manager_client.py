@@ -28,6 +28,7 @@ import httpx
 
 from overseer_operator import __version__, defaults
 from overseer_operator.backoff import Backoff, Sleep
+from overseer_operator.http_transport import AiohttpTransport
 from overseer_operator.oauth import (
     Clock,
     ManagerAuth,
@@ -184,13 +185,14 @@ class ManagerClient:
         jitter: Callable[[], float] = random.random,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
+        transport: httpx.AsyncBaseTransport | None = None,  # None: aiohttp; tests: MockTransport
     ) -> None:
         self._settings = settings
         self._sleep = sleep
         self._jitter = jitter
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        verify = verifying_context(settings.ca_bundle, settings.ca_data)
         self._http = httpx.AsyncClient(
             base_url=settings.url,
             headers={
@@ -199,8 +201,8 @@ class ManagerClient:
                 "User-Agent": f"overseer-operator/{__version__}",
             },
             timeout=httpx.Timeout(settings.timeout),
-            verify=verifying_context(settings.ca_bundle, settings.ca_data),
-            transport=transport,
+            verify=verify,
+            transport=transport or AiohttpTransport(verify),
         )
         self._auth = ManagerAuth(
             TokenSource(

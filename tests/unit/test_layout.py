@@ -22,7 +22,7 @@ CRD = ROOT / "crds" / "openaperture.io_messagingexchanges.yaml"
 
 # What the model, the health rules and the readiness rules may be read and run without.
 PURE_MODULES = ("model", "fleet", "backlog", "readiness", "conditions", "times", "defaults")
-IO_LIBRARIES = ("aio_pika", "aiormq", "httpx", "erlang", "kopf", "kubernetes")
+IO_LIBRARIES = ("aio_pika", "aiormq", "aiohttp", "httpx", "erlang", "kopf", "kubernetes")
 
 
 def module_name(path: Path) -> str:

@@ -1,28 +1,32 @@
 """No hostname, exchange id or broker id steers a Manager call to another route.
 
 Property-based: whatever text a heartbeat or a spec carries, the request httpx actually sends
-(captured by a MockTransport, as raw bytes) stays on its route with the value as exactly one
-path segment, also after the dot segments a server or proxy would remove (RFC 3986 5.2.4) and
-after one round of percent-decoding; or the client refuses it before sending anything."""
+(captured by a MockTransport as raw bytes, and as the emulator receives it on a real socket)
+stays on its route with the value as exactly one path segment, also after the dot segments a
+server or proxy would remove (RFC 3986 5.2.4) and after one round of percent-decoding; or the
+client refuses it before sending anything."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from devtools.manager_emulator import ManagerEmulator
 from overseer_operator.manager_client import (
     ManagerClient,
     ManagerRejected,
     ManagerSettings,
     UnsafePathSegment,
 )
+from tests.fixtures.manager import EXCHANGE_ID
 
 BASE = "https://manager.test/api"
 LOGIN = "https://manager.test/oauth/token"
@@ -175,6 +179,34 @@ def test_broker_ids_stay_one_segment(broker_id: str) -> None:
             b"/connections",
         )
     )
+
+
+@HYPOTHESIS
+@given(hostname=SEGMENTS, broker_id=SEGMENTS)
+@example(hostname="%2e%2e", broker_id="%2E.")
+@example(hostname="a%2Fb", broker_id="..%2f")
+def test_the_path_on_the_wire_is_the_one_httpx_built(
+    hostname: str,
+    broker_id: str,
+    manager_emulator: ManagerEmulator,
+    manager_settings: ManagerSettings,
+) -> None:
+    """The default transport (aiohttp) parses the URL httpx built once more before sending it:
+    the Manager, on a real socket, still receives each value as the one segment above."""
+    assume(not unusable(hostname) and not unusable(broker_id))
+    manager_emulator.clear_requests()
+
+    async def calls() -> None:
+        async with ManagerClient(manager_settings) as client:
+            await client.delete_module(EXCHANGE_ID, hostname)
+            with contextlib.suppress(ManagerRejected):  # no such broker: 404
+                await client.get_broker(broker_id)
+
+    run(calls())
+    deleted, looked_up = manager_emulator.requests_to(path_prefix="/messaging/")
+    modules = f"/messaging/exchanges/{EXCHANGE_ID}/modules/".encode()
+    one_segment(deleted.path.encode(), modules, b"", hostname)
+    one_segment(looked_up.path.encode(), b"/messaging/brokers/", b"", broker_id)
 
 
 @pytest.mark.parametrize("value", ["..", ".", ""])
