@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,19 +16,25 @@ from overseer_operator.http_transport import AiohttpTransport
 from overseer_operator.manager_client import ManagerClient, ManagerSettings, ManagerUnavailable
 from tests.http_server import json_server
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+SILENT = None  # the server reads the request and never answers
 
 
 @contextlib.asynccontextmanager
-async def scripted_server(handler: Handler) -> AsyncIterator[str]:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def scripted_server(answer: bytes | None) -> AsyncIterator[str]:
+    """A server that reads one request, writes ``answer`` and hangs up (or stays silent)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await reader.readuntil(b"\r\n\r\n")
-            await handler(reader, writer)
+            if answer is SILENT:
+                await asyncio.sleep(5)
+            else:
+                writer.write(answer)
+                await writer.drain()
         finally:
             writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     async with server:
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
@@ -53,41 +59,25 @@ async def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
     assert not isinstance(caught.value, httpx.TimeoutException)
 
 
-async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        await writer.drain()
-
-    async with scripted_server(garbage) as url, transport_client(url) as client:
-        with pytest.raises(httpx.RemoteProtocolError):
-            await client.get("/")
-
-
-async def test_a_connection_closed_before_the_answer_is_a_protocol_error() -> None:
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pass
-
-    async with scripted_server(hang_up) as url, transport_client(url) as client:
-        with pytest.raises(httpx.RemoteProtocolError):
-            await client.get("/")
-
-
-async def test_a_body_cut_short_is_a_read_error() -> None:
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-        writer.write(b"Content-Length: 100\r\n\r\n[{")
-        await writer.drain()
-
-    async with scripted_server(cut) as url, transport_client(url) as client:
-        with pytest.raises(httpx.ReadError):
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", httpx.RemoteProtocolError),  # not HTTP
+        (b"", httpx.RemoteProtocolError),  # hung up before answering
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[{", httpx.ReadError),  # cut short
+    ],
+    ids=["not-http", "hung-up", "body-cut-short"],
+)
+async def test_a_broken_answer_is_the_httpx_error_for_it(
+    answer: bytes, error: type[httpx.TransportError]
+) -> None:
+    async with scripted_server(answer) as url, transport_client(url) as client:
+        with pytest.raises(error):
             await client.get("/")
 
 
 async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
-
-    async with scripted_server(silent) as url, transport_client(url, seconds=0.2) as client:
+    async with scripted_server(SILENT) as url, transport_client(url, seconds=0.2) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get("/")
 
