@@ -482,7 +482,10 @@ def test_an_empty_fleet_has_no_deadline_and_no_heartbeat(fleet: Fleet) -> None:
 
 
 class OperationCounter:
-    """Counts Python-level events (calls and executed lines) in every frame while active."""
+    """Counts Python-level events (calls and executed lines) in every frame while active.
+
+    The collector is off meanwhile: a collection would run the finalizers of other tests'
+    garbage (aiohttp's objects have ``__del__``) inside the count."""
 
     def __init__(self) -> None:
         self.events = 0
@@ -492,12 +495,17 @@ class OperationCounter:
         return self._trace
 
     def __enter__(self) -> OperationCounter:
+        self._collecting = gc.isenabled()
+        gc.collect()
+        gc.disable()
         self._previous = sys.gettrace()
         sys.settrace(self._trace)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         sys.settrace(self._previous)
+        if self._collecting:
+            gc.enable()
 
 
 def sweep_costs(workers: int) -> tuple[int, int, int, int]:
