@@ -21,7 +21,7 @@ import aiohttp
 import httpx
 from yarl import URL
 
-MAX_CONNECTIONS = 100  # httpx's default limits, per client
+MAX_CONNECTIONS = 100  # httpx's default max_connections and keep-alive expiry, per client
 KEEPALIVE_EXPIRY = 5.0
 
 
@@ -97,6 +97,4 @@ def _httpx_error(error: aiohttp.ClientError) -> httpx.TransportError:
         return httpx.ConnectError(message)
     if isinstance(error, aiohttp.ClientOSError | aiohttp.ClientPayloadError):
         return httpx.ReadError(message)
-    if isinstance(error, aiohttp.InvalidURL):
-        return httpx.UnsupportedProtocol(message)
     return httpx.RemoteProtocolError(message)  # hung up before answering, or not HTTP at all

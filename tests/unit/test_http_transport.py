@@ -54,9 +54,8 @@ def closed_port() -> int:
 
 async def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
     async with transport_client(f"http://127.0.0.1:{closed_port()}") as client:
-        with pytest.raises(httpx.ConnectError) as caught:
+        with pytest.raises(httpx.ConnectError):  # not ConnectTimeout, which is no ConnectError
             await client.get("/")
-    assert not isinstance(caught.value, httpx.TimeoutException)
 
 
 @pytest.mark.parametrize(
