@@ -118,6 +118,7 @@ class HeartbeatConsumer:
         self._state: BrokerStatus | None = None
         self.connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._publishing: AbstractChannel | None = None  # opened by the first publish
         self._acks: AckBatcher | None = None
         self._halted = False
         self._consuming = asyncio.Event()
@@ -268,19 +269,26 @@ class HeartbeatConsumer:
             acks.ack(tag)
 
     async def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
-        """Publish a persistent message on the consumer's connection (its own heartbeat)."""
-        if self.connection is None or self.connection.is_closed:
+        """Publish a persistent message on the consumer's connection (its own heartbeat), on a
+        channel of its own that stays open. A channel per publish was three round trips more,
+        and its objects, alive across a timed collection, were frozen garbage by the next one
+        (see ``collector``); the broker closes it on a failed publish (no such exchange), and
+        the next publish opens another."""
+        connection = self.connection
+        if connection is None or connection.is_closed:
             raise ConnectionError("not connected to the broker")
-        async with self.connection.channel(publisher_confirms=True) as channel:
-            target = await channel.get_exchange(exchange, ensure=False)
-            await target.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=routing_key,
-            )
+        if self._publishing is None or self._publishing.is_closed:
+            self._publishing = await connection.channel(publisher_confirms=True)
+        target = await self._publishing.get_exchange(exchange, ensure=False)
+        await target.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=routing_key,
+        )
 
     async def _close(self) -> None:
         self._consuming.clear()
         connection, self.connection, self._channel = self.connection, None, None
+        self._publishing = None  # closed with its connection
         acks, self._acks = self._acks, None
         if acks is not None:
             await acks.aclose()  # what was handled is acked before the connection goes

@@ -266,3 +266,48 @@ async def test_the_consuming_channel_asks_for_no_publisher_confirms(
                 await asyncio.sleep(0.2)
     assert channel["confirm"] is False
     assert consumers[0]["prefetch_count"] == 10
+
+
+async def test_own_heartbeats_share_one_channel_that_outlives_a_failed_publish(
+    testbed: Testbed,
+    amqp_topology: Callable[..., AmqpTopology],
+    rabbitmq_api: RabbitMQManagement,
+) -> None:
+    """A channel per publish cost three round trips more each, and its objects lived long enough
+    to be frozen garbage (see ``collector``). A publish the broker refuses closes the channel:
+    the next one opens another, which the publishes after it share."""
+    topology = amqp_topology()
+    recorder = Recorder()
+    consumer = recorder.consumer([testbed.amqp_url], topology.queue, connection_name="own-beats")
+
+    def publishing_channels() -> list[dict[str, Any]]:
+        return [
+            channel
+            for channel in rabbitmq_api.channels()
+            if channel["name"].startswith(connection_name) and channel.get("confirm")
+        ]
+
+    async with consuming(consumer):
+        await recorder.reached(BrokerState.CONSUMING)
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await consumer.publish("no-such-exchange", topology.routing_key, b"refused")
+        for index in range(3):
+            await consumer.publish(topology.exchange, topology.routing_key, b"beat %d" % index)
+        await until(lambda: len(recorder.bodies) == 3)
+        async with asyncio.timeout(30):
+            while not (  # noqa: ASYNC110 - the management API is polled
+                connections := [
+                    listed
+                    for listed in await asyncio.to_thread(rabbitmq_api.connections)
+                    if (listed.get("client_properties") or {}).get("connection_name") == "own-beats"
+                ]
+            ):
+                await asyncio.sleep(0.2)
+            connection_name = connections[0]["name"]
+            # Statistics are emitted every few seconds: until they count the three publishes.
+            while [  # noqa: ASYNC110 - the management API is polled
+                (channel.get("message_stats") or {}).get("publish")
+                for channel in await asyncio.to_thread(publishing_channels)
+            ] != [3]:
+                await asyncio.sleep(0.2)
+    assert recorder.bodies == [b"beat 0", b"beat 1", b"beat 2"]
