@@ -1,10 +1,11 @@
 """The garbage-collection policy: no full collection because of a burst, one on the timer, and
-what survived it frozen until the frozen heap grew by a quarter."""
+what survived it frozen until the heap grew by a quarter."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -110,6 +111,10 @@ def test_what_survives_a_timed_collection_is_not_walked_again(thawed_after: None
     assert not walked(survivor)
 
 
+def heap_growth_that_brings_a_thaw() -> list[Node]:
+    return [Node() for _ in range(int(sys.getallocatedblocks() * (collector.THAW_GROWTH - 1)) + 1)]
+
+
 def frozen_garbage(collections: collector.FullCollections) -> weakref.ref[Node]:
     """A cycle that lived through a timed collection (so it is frozen), then was let go."""
     doomed = Node.cycle()
@@ -117,7 +122,7 @@ def frozen_garbage(collections: collector.FullCollections) -> weakref.ref[Node]:
     return weakref.ref(doomed)
 
 
-def test_frozen_garbage_is_freed_once_the_frozen_heap_grew_by_a_quarter(
+def test_frozen_garbage_is_freed_once_the_heap_grew_by_a_quarter(
     thawed_after: None,
 ) -> None:
     collections = collector.FullCollections()
@@ -125,11 +130,31 @@ def test_frozen_garbage_is_freed_once_the_frozen_heap_grew_by_a_quarter(
     gone = frozen_garbage(collections)
     collections.collect()  # the heap has not grown
     assert gone() is not None
-    grown = [Node() for _ in range(int(gc.get_freeze_count() * (collector.THAW_GROWTH - 1)) + 1)]
+    grown = heap_growth_that_brings_a_thaw()
     thaws = sample("overseer_gc_full_collection_seconds_count", kind="thaw")
     collections.collect()  # freezes the growth
     collections.collect()  # thaws and walks it all
     assert gone() is None
+    assert sample("overseer_gc_full_collection_seconds_count", kind="thaw") - thaws == 1
+    assert len(grown) > 0
+
+
+def test_no_collection_counts_the_frozen_objects(
+    thawed_after: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc.get_freeze_count walks the frozen objects one by one: at 100 exchanges that walk took
+    longer than the collection it was checked for (25-30 ms against 7-30 ms), every 10 s."""
+
+    def walk() -> int:
+        raise AssertionError("the frozen heap was walked to count it")
+
+    monkeypatch.setattr(gc, "get_freeze_count", walk)
+    collections = collector.FullCollections()
+    collections.collect()  # the baseline
+    grown = heap_growth_that_brings_a_thaw()
+    thaws = sample("overseer_gc_full_collection_seconds_count", kind="thaw")
+    collections.collect()
+    collections.collect()
     assert sample("overseer_gc_full_collection_seconds_count", kind="thaw") - thaws == 1
     assert len(grown) > 0
 
