@@ -35,6 +35,11 @@ class EmulatorProcess:
         self.url: str = self._connection.recv()  # sent once it listens
         self.login_url = f"{self.url}/oauth/token"
 
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None  # started in __init__
+        return self._process.pid
+
     def call(self, function: Callable[Concatenate[ManagerEmulator, P], T], *args: Any) -> T:
         """``function(emulator, *args)`` in the child; ``function`` is pickled by name, so it is
         a module-level function or a ``ManagerEmulator`` method."""

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variant = dict(setting.split("=", 1) for setting in args.env)
     workers = args.exchanges * args.workers_per_exchange
-    with testbed_session(not args.no_pin) as bed, broker_pinned(bed.env, not args.no_pin):
+    with testbed_session(not args.no_pin) as bed, broker_pinned(not args.no_pin):
         exchanges = bed.provision(args.exchanges)
         bed.apply(exchanges, "5m", ("10m", "20m"))
         operator = bed.operator(exchanges.namespace, **variant)

@@ -5,7 +5,8 @@ Runs against the local test bed (``scripts/testbed up``): the operator as a proc
 (``benchmarks.loadgen``) and the bare aio-pika consumer (``benchmarks.bare``) as processes. By
 default the broker and the load generator are pinned to CPU 0 and the consumer under test (the
 operator or the bare client) to CPU 1, so they do not share a core (the broker's affinity is put
-back at the end).
+back at the end). While the mass-silence rows read the operator's event loop, the rest of the
+test bed (apiserver, etcd, the Manager emulator, this runner) joins the broker on CPU 0.
 
     python -m benchmarks.run            # the full table (about 20 minutes)
     python -m benchmarks.run --quick    # every row at a tiny scale: a smoke check (CI), no figures
@@ -697,53 +698,57 @@ def mass_silence(
         interval=1.0,
     )
     time.sleep(scale.silent_interval)
-    lag_buckets_before = lag_histogram(operator.metrics() or "")
-    stall_max_before = operator.metric("overseer_event_loop_lag_max_seconds")
-    last = loadgen_result(load)["last"]  # every worker falls silent now
-    silenced = time.monotonic()
-    due = sorted(moment + inactive_after for moment in last.values())
-    status_times: list[tuple[float, int]] = []
-    # The status as the apiserver serves it, read directly (a kubectl call takes longer).
-    apiserver = apiserver_client(bed.env["KUBECONFIG"])
-    path = f"/apis/openaperture.io/v1alpha1/namespaces/{exchanges.namespace}/messagingexchanges"
-    deadline = silenced + inactive_after + 60
-    while time.monotonic() < deadline:
-        listed = apiserver.get(path).raise_for_status().json()
-        inactive = sum(
-            (item.get("status") or {}).get("workers", {}).get("inactive", 0)
-            for item in listed["items"]
-            if item["metadata"]["name"] in exchanges.names
+    # From here to the last reading, the operator's CPU is its own (see the loop-lag row).
+    with operator_cpu_to_itself(bed):
+        lag_buckets_before = lag_histogram(operator.metrics() or "")
+        stall_max_before = operator.metric("overseer_event_loop_lag_max_seconds")
+        last = loadgen_result(load)["last"]  # every worker falls silent now
+        silenced = time.monotonic()
+        due = sorted(moment + inactive_after for moment in last.values())
+        status_times: list[tuple[float, int]] = []
+        # The status as the apiserver serves it, read directly (a kubectl call takes longer).
+        apiserver = apiserver_client(bed.env["KUBECONFIG"])
+        path = f"/apis/openaperture.io/v1alpha1/namespaces/{exchanges.namespace}/messagingexchanges"
+        deadline = silenced + inactive_after + 60
+        while time.monotonic() < deadline:
+            listed = apiserver.get(path).raise_for_status().json()
+            inactive = sum(
+                (item.get("status") or {}).get("workers", {}).get("inactive", 0)
+                for item in listed["items"]
+                if item["metadata"]["name"] in exchanges.names
+            )
+            status_times.append((time.monotonic(), inactive))
+            if inactive >= workers:
+                break
+            time.sleep(0.05)
+        # The Manager's writes trail the status: wait for every POST inactive (or a deadline).
+        manager_deadline = silenced + inactive_after + 60 + workers / 50
+        while True:
+            posts = bed.manager.inactive_posts(exchanges.ids, silenced)
+            if len(posts.keys() & last.keys()) >= workers or time.monotonic() > manager_deadline:
+                break
+            time.sleep(1.0)
+        manager_lags = sorted(
+            posts[host] - (last[host] + inactive_after) for host in posts.keys() & last.keys()
         )
-        status_times.append((time.monotonic(), inactive))
-        if inactive >= workers:
-            break
-        time.sleep(0.05)
-    # The Manager's writes trail the status: wait for every POST inactive (or a deadline).
-    manager_deadline = silenced + inactive_after + 60 + workers / 50
-    while True:
-        posts = bed.manager.inactive_posts(exchanges.ids, silenced)
-        if len(posts.keys() & last.keys()) >= workers or time.monotonic() > manager_deadline:
-            break
-        time.sleep(1.0)
-    manager_lags = sorted(
-        posts[host] - (last[host] + inactive_after) for host in posts.keys() & last.keys()
-    )
-    manager_p99 = percentile(manager_lags, 0.99) if len(manager_lags) >= workers else math.inf
-    target = math.ceil(0.99 * workers)
-    reached = next((moment for moment, inactive in status_times if inactive >= target), math.inf)
-    status_p99 = reached - due[target - 1]
-    lag_buckets_after = lag_histogram(operator.metrics() or "")
-    stall_max_after = operator.metric("overseer_event_loop_lag_max_seconds")
-    stall_bucket = next(
-        (
-            bound
-            for bound in sorted(lag_buckets_after)
-            if lag_buckets_after[bound] - lag_buckets_before.get(bound, 0)
-            == lag_buckets_after[math.inf] - lag_buckets_before.get(math.inf, 0)
-        ),
-        math.inf,
-    )
-    stall = stall_max_after if stall_max_after > stall_max_before else stall_bucket
+        manager_p99 = percentile(manager_lags, 0.99) if len(manager_lags) >= workers else math.inf
+        target = math.ceil(0.99 * workers)
+        reached = next(
+            (moment for moment, inactive in status_times if inactive >= target), math.inf
+        )
+        status_p99 = reached - due[target - 1]
+        lag_buckets_after = lag_histogram(operator.metrics() or "")
+        stall_max_after = operator.metric("overseer_event_loop_lag_max_seconds")
+        stall_bucket = next(
+            (
+                bound
+                for bound in sorted(lag_buckets_after)
+                if lag_buckets_after[bound] - lag_buckets_before.get(bound, 0)
+                == lag_buckets_after[math.inf] - lag_buckets_before.get(math.inf, 0)
+            ),
+            math.inf,
+        )
+        stall = stall_max_after if stall_max_after > stall_max_before else stall_bucket
     stop(operator.process)
 
     # The emulator's side alone, the operator stopped: a bare client with the writer's
@@ -808,7 +813,8 @@ def mass_silence(
             "<= 100 ms",
             stall <= 0.1,
             "overseer_event_loop_lag_max_seconds if it rose, else the histogram bucket that "
-            "holds every tick of the transition",
+            "holds every tick of the transition; the rest of the test bed (broker, apiserver, "
+            "etcd, emulator, runner) on the other CPU meanwhile",
         )
     )
 
@@ -901,39 +907,60 @@ def markdown(rows: list[Row], header: str) -> str:
     return "\n".join(lines)
 
 
-def beam_pid(env: dict[str, str]) -> int | None:
+def testbed_pids() -> dict[str, int]:
+    """The running test bed's processes by name (``scripts/testbed status``)."""
     status = subprocess.run(
         [str(REPO / "scripts" / "testbed"), "status"],
         capture_output=True,
         text=True,
         env={**os.environ},
     ).stdout
+    pids = {}
     for line in status.splitlines():
         words = line.split()
-        if words[:2] == ["beam", "running"] and "pid" in words:
-            return int(words[words.index("pid") + 1])
-    return None
+        if words[1:2] == ["running"] and "pid" in words:
+            pids[words[0]] = int(words[words.index("pid") + 1])
+    return pids
 
 
 @contextlib.contextmanager
-def broker_pinned(env: dict[str, str], pin: bool) -> Iterator[str]:
+def pinned(pids: list[int], cpus: str) -> Iterator[None]:
+    """Every thread of each process on ``cpus`` (taskset's list) meanwhile; affinities put back
+    afterwards (threads started meanwhile inherit the pinning)."""
+    before = {}
+    try:
+        for pid in pids:
+            shown = subprocess.run(
+                ["taskset", "-p", "-c", str(pid)], capture_output=True, text=True, check=True
+            )
+            before[pid] = shown.stdout.rsplit(":", 1)[1].strip()
+            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
+        yield
+    finally:
+        for pid, cpu_list in before.items():
+            subprocess.run(["taskset", "-a", "-p", "-c", cpu_list, str(pid)], capture_output=True)
+
+
+@contextlib.contextmanager
+def broker_pinned(pin: bool) -> Iterator[str]:
     """The broker on CPU 0 for the run; its affinity is put back afterwards."""
-    pid = beam_pid(env) if pin else None
+    pid = testbed_pids().get("beam") if pin else None
     if pid is None:
         yield "not pinned"
         return
-    before = (
-        subprocess.run(
-            ["taskset", "-p", "-c", str(pid)], capture_output=True, text=True, check=True
-        )
-        .stdout.rsplit(":", 1)[1]
-        .strip()
-    )
-    subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], capture_output=True, check=True)
-    try:
+    with pinned([pid], "0"):
         yield f"broker (beam {pid}) and load generator on CPU 0, consumer under test on CPU 1"
-    finally:
-        subprocess.run(["taskset", "-a", "-p", "-c", before, str(pid)], capture_output=True)
+
+
+def operator_cpu_to_itself(bed: Bed) -> contextlib.AbstractContextManager[None]:
+    """The rest of the test bed (apiserver, etcd, the Manager emulator, this runner) on CPU 0
+    too, beside the broker: for the rows that read the operator's event loop, whose ticks are
+    then late for the operator's own work, not for a neighbour's time slice on its CPU."""
+    if not bed.pin:
+        return contextlib.nullcontext()
+    testbed = testbed_pids()
+    neighbours = [testbed[name] for name in ("etcd", "kube-apiserver") if name in testbed]
+    return pinned([*neighbours, bed.manager.pid, os.getpid()], "0")
 
 
 @contextlib.contextmanager
@@ -999,7 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with testbed_session(pin) as bed:
         try:
-            with broker_pinned(bed.env, pin) as pinning:
+            with broker_pinned(pin) as pinning:
                 capacity = ingest_and_capacity(bed, scale, rows)
                 operator, steady = steady_fleet_and_restart(
                     bed, scale, rows, 0 if options.quick else capacity
