@@ -60,7 +60,14 @@ from overseer_operator.manager_client import (
     ManagerRejected,
     ManagerUnauthorized,
 )
-from overseer_operator.model import Heartbeat, Reason, Transition, Verdict, WorkerState
+from overseer_operator.model import (
+    MANAGER_SYNCED,
+    Heartbeat,
+    Reason,
+    Transition,
+    Verdict,
+    WorkerState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -362,9 +369,7 @@ class ManagerWriter:
         lateness, allowed = self.observe_lateness(), self._lateness_allowed
         if not self._pending:
             self._behind = False
-            self._on_health(
-                Verdict(True, Reason.SYNCED, "every worker transition was written to the Manager")
-            )
+            self._on_health(MANAGER_SYNCED)
         elif lateness > allowed:
             if not self._behind:
                 self._behind = True
@@ -378,14 +383,7 @@ class ManagerWriter:
                 )
         elif self._behind and lateness <= allowed / 2:
             self._behind = False
-            self._on_health(
-                Verdict(
-                    True,
-                    Reason.SYNCED,
-                    f"Manager writes are current: {self._pending} pending, none owed for more "
-                    f"than {allowed / 2:.0f} s",
-                )
-            )
+            self._on_health(MANAGER_SYNCED)
 
     async def _call(
         self, hostname: str, module_type: str, workload: str, operation: Operation

@@ -161,6 +161,14 @@ class Verdict:
     message: str
 
 
+# ManagerSynced=True in one set of words, whichever call proved it (a listing, a write, the end of
+# a delay): the words are part of the status, and a status whose words change is patched, so
+# "reachable" (the first listing) then "written" (the first write) was a patch more per start.
+MANAGER_SYNCED = Verdict(
+    True, Reason.SYNCED, "the Manager is reachable and no write owed to it is late"
+)
+
+
 class ConfigError(Exception):
     """A configuration problem; ``reason`` is the condition reason it shows as."""
 

@@ -27,7 +27,14 @@ from overseer_operator.manager_client import (
     ManagerUnauthorized,
     ModuleRecord,
 )
-from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, Reason, Verdict
+from overseer_operator.model import (
+    MANAGER_SYNCED,
+    BrokerState,
+    BrokerStatus,
+    Heartbeat,
+    Reason,
+    Verdict,
+)
 from overseer_operator.registration import (
     heartbeat_interval,
     own_heartbeat,
@@ -268,9 +275,7 @@ class Session:
                     Verdict(False, Reason.MANAGER_UNREACHABLE, f"cannot {what}: {error}")
                 )
             else:
-                self._owner.on_manager_read(
-                    Verdict(True, Reason.SYNCED, "the Manager is reachable")
-                )
+                self._owner.on_manager_read(MANAGER_SYNCED)
                 return result
             await backoff.wait()
 

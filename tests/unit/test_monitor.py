@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 
 import httpx
@@ -14,7 +15,14 @@ from overseer_operator.config import OperatorEnvironment
 from overseer_operator.consumer import QueueReading
 from overseer_operator.heartbeat import MessageRejected, encode_etf, encode_json
 from overseer_operator.kube import KubeApi
-from overseer_operator.model import BrokerState, BrokerStatus, Heartbeat, WorkerState
+from overseer_operator.manager_client import ManagerClient
+from overseer_operator.model import (
+    MANAGER_SYNCED,
+    BrokerState,
+    BrokerStatus,
+    Heartbeat,
+    WorkerState,
+)
 from overseer_operator.monitor import ExchangeMonitor
 
 SPEC = {
@@ -105,6 +113,32 @@ async def test_both_wire_formats_count_and_garbage_is_rejected(monitor):
         if sample.name.endswith("_total") and sample.labels["name"] == "mx"
     ]
     assert sum(sample.value for sample in rejected) == 1
+
+
+async def test_the_first_manager_write_after_a_listing_changes_no_word_of_the_status(
+    monitor, manager_settings
+):
+    """ManagerSynced=True says the same whichever call proved it: a listing said "reachable"
+    and the next write "written", two status patches more for an unchanged fleet."""
+    consuming(monitor)
+    monitor.on_manager_rows([])
+    monitor.on_manager_read(MANAGER_SYNCED)  # what a successful listing reports (test_session)
+    before = monitor._render_status()["conditions"]
+    async with ManagerClient(manager_settings) as client:
+        monitor.writer.attach(client)
+        writing = asyncio.create_task(monitor.writer.run())
+        try:
+            monitor.handle_message(encode_json(Heartbeat("w1", "builder", "active", [])))
+            async with asyncio.timeout(10):
+                while monitor.writer.pending or monitor._manager_write is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        finally:
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+    synced = [c for c in monitor._render_status()["conditions"] if c["type"] == "ManagerSynced"]
+    assert synced == [c for c in before if c["type"] == "ManagerSynced"]
+    assert synced[0]["status"] == "True"
 
 
 @pytest.mark.looptime

@@ -20,6 +20,7 @@ from overseer_operator.config import Connections, ExchangeSpec
 from overseer_operator.consumer import QueueReading
 from overseer_operator.manager_client import ManagerClient, ManagerSettings, ModuleRecord
 from overseer_operator.model import (
+    MANAGER_SYNCED,
     BrokerState,
     BrokerStatus,
     Heartbeat,
@@ -220,7 +221,7 @@ async def test_a_manager_that_is_down_is_retried_and_each_outcome_reported(
         manager_emulator.set_unavailable(False)
         await owner.until(lambda: owner.of("rows"))
         await owner.until(lambda: owner.of("manager")[-1].status is True)
-    assert owner.of("manager")[-1] == Verdict(True, Reason.SYNCED, "the Manager is reachable")
+    assert owner.of("manager")[-1] == MANAGER_SYNCED
 
 
 async def test_refused_credentials_are_reported_as_unauthorized(client, manager_emulator):
