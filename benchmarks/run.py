@@ -516,13 +516,14 @@ def steady_fleet_and_restart(
     apiserver = apiserver_client(bed.env["KUBECONFIG"])
     path = f"/apis/openaperture.io/v1alpha1/namespaces/{exchanges.namespace}/messagingexchanges"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        watched = pool.submit(
-            watch_writes, apiserver, path, set(exchanges.names), before["time"] + scale.window + 5
-        )
+        watch_end = before["time"] + scale.window + min(30.0, scale.window)  # past the last depths
+        watched = pool.submit(watch_writes, apiserver, path, set(exchanges.names), watch_end)
         peak_backlog = 0
         samples = max(1, int(scale.window / 5))
-        for _ in range(samples):
-            time.sleep(scale.window / samples)
+        for sample in range(1, samples + 1):  # on a schedule: reading the depths takes time
+            time.sleep(
+                max(0.0, before["time"] + sample * scale.window / samples - time.monotonic())
+            )
             peak_backlog = max(peak_backlog, sum(m for m, _ in depths(bed, exchanges.queues)))
         after = snapshot(bed, operator, exchanges, operator.metrics() or "")
         object_writes = [
