@@ -53,6 +53,7 @@ import httpx
 
 from benchmarks.manager_process import EmulatorProcess
 from overseer_operator.defaults import MANAGER_WRITE_CONCURRENCY
+from overseer_operator.kube import KubeApi
 from overseer_operator.kubeconfig import load_credentials
 from tests.fixtures.operator import free_port
 from tests.fixtures.testbed import parse_env
@@ -513,11 +514,9 @@ def steady_fleet_and_restart(
     time.sleep(scale.interval)  # one full round after the last registration
     text = operator.metrics() or ""
     before = snapshot(bed, operator, exchanges, text)
-    apiserver = apiserver_client(bed.env["KUBECONFIG"])
-    path = f"/apis/openaperture.io/v1alpha1/namespaces/{exchanges.namespace}/messagingexchanges"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         watch_end = before["time"] + scale.window + min(30.0, scale.window)  # past the last depths
-        watched = pool.submit(watch_writes, apiserver, path, set(exchanges.names), watch_end)
+        watched = pool.submit(watch_writes, bed, exchanges, watch_end)
         peak_backlog = 0
         samples = max(1, int(scale.window / 5))
         for sample in range(1, samples + 1):  # on a schedule: reading the depths takes time
@@ -528,7 +527,7 @@ def steady_fleet_and_restart(
         after = snapshot(bed, operator, exchanges, operator.metrics() or "")
         object_writes = [
             [moment for moment in times if before["time"] <= moment <= after["time"]]
-            for times in watched.result().values()
+            for times in watched.result()
         ]
     rss = operator.rss()
     minutes = (after["time"] - before["time"]) / 60
@@ -729,17 +728,13 @@ def mass_silence(
         interval=1.0,
     )
     time.sleep(scale.silent_interval)
-    apiserver = apiserver_client(bed.env["KUBECONFIG"])
-    path = f"/apis/openaperture.io/v1alpha1/namespaces/{exchanges.namespace}/messagingexchanges"
     # From here to the last reading, the operator's CPU is its own (see the loop-lag row).
     with operator_cpu_to_itself(bed):
         lag_buckets_before = lag_histogram(operator.metrics() or "")
         stall_max_before = operator.metric("overseer_event_loop_lag_max_seconds")
         last = loadgen_result(load)["last"]  # every worker falls silent now
         silenced = time.monotonic()
-        status_times = watch_inactive(
-            apiserver, path, set(exchanges.names), workers, silenced + inactive_after + 60
-        )
+        status_times = watch_inactive(bed, exchanges, workers, silenced + inactive_after + 60)
         # The Manager's writes trail the status: wait for every POST inactive (or a deadline).
         manager_deadline = silenced + inactive_after + 60 + workers / 50
         while True:
@@ -873,40 +868,49 @@ def apiserver_client(kubeconfig: str) -> httpx.Client:
 
 
 def watch_exchanges(
-    apiserver: httpx.Client,
-    path: str,
-    names: set[str],
+    bed: Bed,
+    exchanges: Exchanges,
     deadline: float,
     seen: Callable[[float, dict[str, Any]], bool],
 ) -> None:
-    """``seen(monotonic time, object)`` for each of the exchanges ``names`` as listed now, then
-    at each change the apiserver reports (a watch), until ``seen`` returns True or the deadline.
-    A watch, not a poll: listing the exchanges every 0.05 s took a quarter of a CPU in the
-    apiserver and a fifth in this runner, on the CPU the Manager emulator had meanwhile."""
-    listed = apiserver.get(path).raise_for_status().json()
-    now = time.monotonic()
-    done = any([seen(now, item) for item in listed["items"] if item["metadata"]["name"] in names])
-    version = listed["metadata"]["resourceVersion"]
-    while not done and (left := deadline - time.monotonic()) > 0:
-        params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": math.ceil(left)}
-        timeout = httpx.Timeout(10.0, read=left + 10.0)
-        with apiserver.stream("GET", path, params=params, timeout=timeout) as response:
-            for line in response.raise_for_status().iter_lines():
-                event = json.loads(line)
-                if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
-                    raise RuntimeError(f"the watch on {path} ended: {event['object']}")
-                item = event["object"]
-                version = item["metadata"]["resourceVersion"]
-                if item["metadata"]["name"] in names and seen(time.monotonic(), item):
-                    done = True
-                    break
+    """``seen(monotonic time, object)`` for each of the exchanges as listed now, then at each
+    change the apiserver reports (the operator's own ``KubeApi.watch``), until ``seen`` returns
+    True or the deadline. A watch, not a poll: listing the exchanges every 0.05 s took a quarter
+    of a CPU in the apiserver and a fifth in this runner, on the CPU the Manager emulator had."""
+    os.environ["KUBECONFIG"] = bed.env["KUBECONFIG"]
+    path, names = KubeApi.exchange_path(exchanges.namespace), set(exchanges.names)
+
+    def ours(item: dict[str, Any]) -> bool:
+        return item["metadata"].get("name") in names  # a bookmark has no name
+
+    async def watch() -> None:
+        kube = KubeApi.from_configuration()
+        try:
+            listed = await kube.request_json("GET", path)
+            now = time.monotonic()
+            if any([seen(now, item) for item in listed["items"] if ours(item)]):
+                return
+            version = listed["metadata"]["resourceVersion"]
+            while (left := deadline - time.monotonic()) > 0:
+                params = {"resourceVersion": version, "timeoutSeconds": str(math.ceil(left))}
+                async for event in kube.watch(path, params, read_timeout=left + 10.0):
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+                        raise RuntimeError(f"the watch on {path} ended: {event['object']}")
+                    item = event["object"]
+                    version = item["metadata"]["resourceVersion"]
+                    if ours(item) and seen(time.monotonic(), item):
+                        return
+        finally:
+            await kube.aclose()
+
+    asyncio.run(watch())
 
 
 def watch_inactive(
-    apiserver: httpx.Client, path: str, names: set[str], enough: int, deadline: float
+    bed: Bed, exchanges: Exchanges, enough: int, deadline: float
 ) -> list[tuple[float, int]]:
-    """(monotonic time, inactive workers summed over the exchanges ``names``) at the start and at
-    each change of their statuses, until ``enough`` are inactive or the deadline."""
+    """(monotonic time, inactive workers summed over the exchanges) at the start and at each
+    change of their statuses, until ``enough`` are inactive or the deadline."""
     counts: dict[str, int] = {}
     times: list[tuple[float, int]] = []
 
@@ -916,23 +920,21 @@ def watch_inactive(
         times.append((moment, sum(counts.values())))
         return times[-1][1] >= enough
 
-    watch_exchanges(apiserver, path, names, deadline, seen)
+    watch_exchanges(bed, exchanges, deadline, seen)
     return times
 
 
-def watch_writes(
-    apiserver: httpx.Client, path: str, names: set[str], deadline: float
-) -> dict[str, list[float]]:
-    """Exchange name -> the monotonic times of the writes to it until the deadline: every new
+def watch_writes(bed: Bed, exchanges: Exchanges, deadline: float) -> list[list[float]]:
+    """For each exchange, the monotonic times of the writes to it until the deadline: every new
     resourceVersion the watch reports (status patches, and kopf's own patches of the object)."""
-    writes: dict[str, list[float]] = {name: [] for name in names}
+    writes: dict[str, list[float]] = {name: [] for name in exchanges.names}
 
     def seen(moment: float, item: dict[str, Any]) -> bool:
         writes[item["metadata"]["name"]].append(moment)
         return False
 
-    watch_exchanges(apiserver, path, names, deadline, seen)
-    return {name: times[1:] for name, times in writes.items()}  # the first one is the listing
+    watch_exchanges(bed, exchanges, deadline, seen)
+    return [times[1:] for times in writes.values()]  # the first one is the listing
 
 
 def lag_histogram(text: str) -> dict[float, float]:

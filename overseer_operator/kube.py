@@ -118,7 +118,7 @@ class KubeApi:
         return response
 
     @staticmethod
-    def _exchange_path(namespace: str, name: str | None = None) -> str:
+    def exchange_path(namespace: str, name: str | None = None) -> str:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
         return f"{path}/{name}" if name else path
 
@@ -133,13 +133,13 @@ class KubeApi:
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self._request(
             "PATCH",
-            self._exchange_path(namespace, name) + "/status",
+            self.exchange_path(namespace, name) + "/status",
             json={"status": dict(status)},
             headers={"Content-Type": "application/merge-patch+json"},
         )
 
     async def get_exchange(self, namespace: str, name: str) -> dict[str, Any]:
-        response = await self._request("GET", self._exchange_path(namespace, name))
+        response = await self._request("GET", self.exchange_path(namespace, name))
         resource: dict[str, Any] = response.json()
         return resource
 
@@ -149,7 +149,7 @@ class KubeApi:
         """A JSON patch of the status: its ``test`` operations make it conditional (422)."""
         await self._request(
             "PATCH",
-            self._exchange_path(namespace, name) + "/status",
+            self.exchange_path(namespace, name) + "/status",
             json=operations,
             headers={"Content-Type": "application/json-patch+json"},
         )
@@ -181,7 +181,7 @@ class KubeApi:
     async def create_exchange(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """Create a MessagingExchange; False if one of that name already exists."""
         try:
-            await self._request("POST", self._exchange_path(namespace), json=dict(body))
+            await self._request("POST", self.exchange_path(namespace), json=dict(body))
         except KubeApiError as error:
             if error.status == 409:
                 return False
